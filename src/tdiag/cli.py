@@ -1,0 +1,116 @@
+"""`tdiag`: thin verbs over importable functions; every stage of the pipeline is one verb.
+
+A configuration problem prints one line and exits with code 2, before anything is
+written; tracebacks are kept for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tdiag import config as config_mod
+from tdiag.config import ConfigError
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tdiag", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="the configuration file (default: params.yaml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one key of the configuration, e.g. --set studies.toy.train.max_steps=200 (repeatable)",
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    verbs.add_parser("validate", help="check params.yaml and print the resolved scale")
+
+    data = verbs.add_parser("data", help="dataset stages").add_subparsers(dest="data_verb", required=True)
+    synth = data.add_parser("synth", help="generate a synthetic dataset")
+    synth.add_argument("dataset")
+
+    train = verbs.add_parser("train", help="train one run of a study (resumes from its checkpoint)")
+    train.add_argument("study")
+    train.add_argument("run")
+    train.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    train.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+
+    collect = verbs.add_parser("collect", help="gather a study's runs into results/<study>/runs.csv")
+    collect.add_argument("study")
+
+    report = verbs.add_parser("report", help="render reports/<study>.html, or reports/index.html with 'index'")
+    report.add_argument("study")
+
+    stages = verbs.add_parser("stages", help="print the stage list, or dvc.yaml with --dvc")
+    stages.add_argument("--dvc", action="store_true", help="print dvc.yaml generated from the stage list")
+    return parser
+
+
+def run(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    cfg = config_mod.load(args.params, args.overrides)
+    root = Path(".")
+
+    if args.verb == "validate":
+        print(f"{args.params}: valid (scale {cfg.scale} -> {cfg.resolved_scale})")
+    elif args.verb == "data":
+        from tdiag.data.synthetic import write_dataset
+
+        if args.dataset not in cfg.datasets:
+            raise ConfigError(f"unknown dataset '{args.dataset}'; datasets: {', '.join(cfg.datasets)}")
+        meta = write_dataset(args.dataset, cfg.datasets[args.dataset], root)
+        print(f"dataset {args.dataset}: {meta['sizes']}")
+    elif args.verb == "train":
+        cfg.run(args.study, args.run)  # unknown names fail before torch is loaded
+        import torch
+
+        from tdiag.train.loop import train_run
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        train_run(cfg, args.study, args.run, root=root, restart=args.restart)
+    elif args.verb == "collect":
+        from tdiag.report.collect import write_study_table
+
+        _known_study(cfg, args.study)
+        write_study_table(cfg, args.study, root)
+    elif args.verb == "report":
+        from tdiag.report import render
+        from tdiag.plan import REPORT_INDEX
+
+        if args.study == REPORT_INDEX:
+            render.render_index(cfg, root)
+        else:
+            _known_study(cfg, args.study)
+            render.render_study(cfg, args.study, root)
+    elif args.verb == "stages":
+        from tdiag import plan
+
+        stage_list = plan.stages(cfg)
+        if args.dvc:
+            sys.stdout.write(plan.dvc_yaml(stage_list))
+        else:
+            for st in stage_list:
+                print(f"{st.name}: tdiag {' '.join(st.args)}")
+    return 0
+
+
+def _known_study(cfg, study: str) -> None:
+    if study not in cfg.studies:
+        raise ConfigError(f"unknown study '{study}'; studies: {', '.join(cfg.studies)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except ConfigError as err:
+        print(f"tdiag: error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

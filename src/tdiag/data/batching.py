@@ -1,0 +1,65 @@
+"""Padding, and a batch order that is a pure function of (seed, step).
+
+Because batch `s` is computed from the seed and the step alone, the data position of
+a resumed run is just its step counter: no loader state to save, and a resumed run
+sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def pad(seqs: list[list[int]], pad_id: int = 0) -> torch.Tensor:
+    """Right-pad integer sequences into a (N, max_len) LongTensor."""
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+def trim(batch: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    """Drop trailing columns that are padding in every row."""
+    used = (batch != pad_id).any(dim=0).nonzero()
+    return batch[:, : int(used.max()) + 1] if len(used) else batch[:, :1]
+
+
+@dataclass(frozen=True)
+class PairedData:
+    """A split of a seq2seq dataset held as padded tensors (small enough for memory)."""
+
+    src: torch.Tensor  # (N, S)
+    tgt: torch.Tensor  # (N, T), starts with <go>, ends with <stop>
+
+    def __len__(self) -> int:
+        return self.src.shape[0]
+
+    def batch(self, indices: torch.Tensor, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        return trim(self.src[indices], pad_id), trim(self.tgt[indices], pad_id)
+
+
+def load_pairs(path: Path, pad_id: int = 0) -> PairedData:
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if not records:
+        raise ValueError(f"{path}: no examples")
+    return PairedData(pad([r["src"] for r in records], pad_id), pad([r["tgt"] for r in records], pad_id))
+
+
+@lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n))
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Example indices of batch `step` (0-based): shuffled epochs, last partial batch dropped."""
+    per_epoch = max(n // batch_size, 1)
+    epoch, position = divmod(step, per_epoch)
+    order = _epoch_order(n, seed, epoch)
+    return order[position * batch_size : (position + 1) * batch_size]

@@ -1,0 +1,72 @@
+"""Named initialisation schemes (`InitConfig`), applied once to a freshly built model.
+
+Baseline, as in the annotated transformer's reading of Vaswani et al. 2017: every Linear
+gets Xavier-uniform weights (Glorot & Bengio 2010) and zero biases; LayerNorm keeps its
+unit gain and zero shift.
+
+The options:
+
+- `embedding_std`: token embeddings ~ N(0, s^2) with s = 1 ('one') or 1/sqrt(d_model)
+  ('inv_sqrt_d'). The forward pass does NOT multiply embeddings by sqrt(d_model) as
+  section 3.4 does; this option sets the input scale instead. 'one' gives the scale the
+  paper reaches with N(0, 1/d_model) embeddings times sqrt(d_model).
+- `position_std_ratio`: learned position embeddings ~ N(0, (ratio * s)^2), so the ratio
+  sets how loud position is against content. Sinusoidal positions (section 3.5) are
+  fixed and not touched.
+- `tie_qk`: in every attention block W_K starts as a copy of W_Q, weight and bias. The
+  initial scores x W W^T y^T then come from a positive semi-definite form, so a token
+  starts out favouring keys like itself (cf. the mimetic initialisation of Trockman &
+  Kolter 2023). They stay separate parameters and train apart.
+- `zero_wo`: W_O weight and bias start at zero, so every attention sublayer adds nothing
+  to the residual stream at step 0 (in the spirit of Fixup, Zhang et al. 2019, and
+  ReZero, Bachlechner et al. 2020).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from tdiag.config import InitConfig
+from tdiag.models.attention import MultiHeadAttention
+
+TOKEN_STD: dict[str, Callable[[int], float]] = {
+    "one": lambda d_model: 1.0,
+    "inv_sqrt_d": lambda d_model: d_model**-0.5,
+}
+
+
+def init_weights(
+    model: nn.Module,
+    init: InitConfig,
+    d_model: int,
+    tokens: Iterable[nn.Embedding],
+    positions: Iterable[nn.Embedding],
+) -> None:
+    """Initialise `model` in place.
+
+    Linear layers and attention blocks are found by type; the model names its token and
+    learned-position tables, since both are plain `nn.Embedding`s.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    token_std = TOKEN_STD[init.embedding_std](d_model)
+    for table in tokens:
+        nn.init.normal_(table.weight, std=token_std)
+    for table in positions:
+        nn.init.normal_(table.weight, std=init.position_std_ratio * token_std)
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, MultiHeadAttention):
+                continue
+            if init.tie_qk:
+                module.w_k.weight.copy_(module.w_q.weight)
+                module.w_k.bias.copy_(module.w_q.bias)
+            if init.zero_wo:
+                module.w_o.weight.zero_()
+                module.w_o.bias.zero_()

@@ -1,0 +1,253 @@
+"""Encoder-decoder Transformer of Vaswani et al. 2017, "Attention Is All You Need", section 3.
+
+Departures from the paper are named options of `ModelConfig`, never silent:
+
+- `norm`: 'post' is the paper's LN(x + Sublayer(x)) (section 3.1); 'pre' is
+  x + Sublayer(LN(x)) with a final LayerNorm after each stack (Xiong et al. 2020).
+- `positions`: 'sinusoidal' is section 3.5; 'learned' is the alternative the paper
+  reports as nearly identical (section 3.5, table 3 row E).
+- `attention`: 'manual' or 'sdpa', see models/attention.py.
+- Embeddings are not multiplied by sqrt(d_model) (section 3.4); `init.embedding_std`
+  sets their scale instead (models/init.py).
+
+Source and target have separate token embeddings and separate position tables; the
+output projection (`generator`) is not tied to the target embedding.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from tdiag.config import ModelConfig
+from tdiag.models.attention import MultiHeadAttention
+from tdiag.models.init import init_weights
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed encodings, section 3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(same)."""
+
+    def __init__(self, max_len: int, d_model: int):
+        super().__init__()
+        pos = torch.arange(max_len, dtype=torch.float64)[:, None]  # (max_len, 1)
+        inv_freq = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)  # (ceil(d/2),)
+        angles = pos * inv_freq  # (max_len, ceil(d/2))
+        table = torch.empty(max_len, d_model, dtype=torch.float64)
+        table[:, 0::2] = angles.sin()
+        table[:, 1::2] = angles.cos()[:, : d_model // 2]
+        # Not persistent: it is a function of (max_len, d_model), not state to checkpoint.
+        self.register_buffer("table", table.to(torch.get_default_dtype()), persistent=False)
+
+    def forward(self, length: int) -> Tensor:
+        return self.table[:length]  # (T, d)
+
+
+class LearnedPositions(nn.Module):
+    """One trained vector per position (section 3.5's alternative)."""
+
+    def __init__(self, max_len: int, d_model: int):
+        super().__init__()
+        self.table = nn.Embedding(max_len, d_model)
+
+    def forward(self, length: int) -> Tensor:
+        return self.table.weight[:length]  # (T, d)
+
+
+POSITIONS: dict[str, Callable[[int, int], nn.Module]] = {
+    "learned": LearnedPositions,
+    "sinusoidal": SinusoidalPositions,
+}
+
+
+class InputEmbedding(nn.Module):
+    """Token embedding plus position, then dropout (section 5.4)."""
+
+    def __init__(self, vocab: int, cfg: ModelConfig, side: str):
+        super().__init__()
+        if cfg.positions not in POSITIONS:
+            raise ValueError(f"unknown positions {cfg.positions!r}; allowed: {', '.join(POSITIONS)}")
+        self.side = side
+        self.max_len = cfg.max_len
+        self.tokens = nn.Embedding(vocab, cfg.d_model)
+        self.positions = POSITIONS[cfg.positions](cfg.max_len, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        length = ids.size(1)
+        if length > self.max_len:
+            raise ValueError(
+                f"{self.side} length {length} exceeds the model's max_len {self.max_len}; "
+                "shorten the input or raise model.max_len"
+            )
+        return self.dropout(self.tokens(ids) + self.positions(length))  # (B, T, d)
+
+
+class Residual(nn.Module):
+    """A sublayer with its residual connection, dropout and LayerNorm (section 5.4).
+
+    'post': LN(x + dropout(f(x))), the paper's placement. 'pre': x + dropout(f(LN(x))).
+    """
+
+    def __init__(self, d_model: int, dropout: float, norm: str):
+        super().__init__()
+        if norm not in ("pre", "post"):
+            raise ValueError(f"unknown norm {norm!r}; allowed: pre, post")
+        self.pre = norm == "pre"
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
+        if self.pre:
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
+
+
+class FeedForward(nn.Module):
+    """Position-wise FFN, eq. 2: max(0, x W_1 + b_1) W_2 + b_2."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float):
+        super().__init__()
+        self.w_1 = nn.Linear(d_model, d_ff)
+        self.w_2 = nn.Linear(d_ff, d_model)
+        # Dropout on the hidden activations, as in the annotated transformer.
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w_2(self.dropout(torch.relu(self.w_1(x))))  # (B, T, d)
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention then FFN, each wrapped in a `Residual` (section 3.1)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.dropout, cfg.attention)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
+        self.self_attn_res = Residual(cfg.d_model, cfg.dropout, cfg.norm)
+        self.ffn_res = Residual(cfg.d_model, cfg.dropout, cfg.norm)
+
+    def forward(self, x: Tensor, src_pad: Tensor) -> Tensor:
+        x = self.self_attn_res(x, lambda y: self.self_attn(y, y, src_pad))
+        return self.ffn_res(x, self.ffn)  # (B, S, d)
+
+
+class DecoderLayer(nn.Module):
+    """Causal self-attention, attention over the encoder memory, then FFN (section 3.1)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.dropout, cfg.attention)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.dropout, cfg.attention)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
+        self.self_attn_res = Residual(cfg.d_model, cfg.dropout, cfg.norm)
+        self.cross_attn_res = Residual(cfg.d_model, cfg.dropout, cfg.norm)
+        self.ffn_res = Residual(cfg.d_model, cfg.dropout, cfg.norm)
+
+    def forward(self, x: Tensor, memory: Tensor, src_pad: Tensor, tgt_pad: Tensor) -> Tensor:
+        x = self.self_attn_res(x, lambda y: self.self_attn(y, y, tgt_pad, causal=True))
+        # Queries from the decoder, keys and values from the memory (section 3.2.3).
+        x = self.cross_attn_res(x, lambda y: self.cross_attn(y, memory, src_pad))
+        return self.ffn_res(x, self.ffn)  # (B, T, d)
+
+
+def _final_norm(cfg: ModelConfig) -> nn.Module:
+    """Pre-norm leaves the residual stream unnormalised, so each stack ends with a LayerNorm."""
+    return nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
+        self.norm = _final_norm(cfg)
+
+    def forward(self, x: Tensor, src_pad: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, src_pad)
+        return self.norm(x)  # (B, S, d)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
+        self.norm = _final_norm(cfg)
+
+    def forward(self, x: Tensor, memory: Tensor, src_pad: Tensor, tgt_pad: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, memory, src_pad, tgt_pad)
+        return self.norm(x)  # (B, T, d)
+
+
+class EncoderDecoder(nn.Module):
+    """The full model: `forward(src, tgt_in)` -> next-token logits (B, T, tgt_vocab).
+
+    Padding masks come from `pad_id`: source pads are hidden from encoder self-attention
+    and from cross-attention, target pads from decoder self-attention (which is also
+    causal). Initialisation follows `cfg.init` (models/init.py).
+    """
+
+    def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int, pad_id: int = 0):
+        super().__init__()
+        if not (0 <= pad_id < min(src_vocab, tgt_vocab)):
+            raise ValueError(
+                f"pad_id {pad_id} is outside the vocabularies (src {src_vocab}, tgt {tgt_vocab})"
+            )
+        self.cfg = cfg
+        self.pad_id = pad_id
+        self.max_len = cfg.max_len
+        self.src_embed = InputEmbedding(src_vocab, cfg, "source")
+        self.tgt_embed = InputEmbedding(tgt_vocab, cfg, "target")
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.generator = nn.Linear(cfg.d_model, tgt_vocab)
+        embeds = (self.src_embed, self.tgt_embed)
+        init_weights(
+            self,
+            cfg.init,
+            cfg.d_model,
+            tokens=[e.tokens for e in embeds],
+            positions=[e.positions.table for e in embeds if isinstance(e.positions, LearnedPositions)],
+        )
+
+    def encode(self, src: Tensor) -> Tensor:
+        """src (B, S) token ids -> memory (B, S, d)."""
+        return self.encoder(self.src_embed(src), src == self.pad_id)
+
+    def decode(self, memory: Tensor, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """memory (B, S, d), src (B, S) for its padding, tgt_in (B, T) -> logits (B, T, V)."""
+        x = self.decoder(self.tgt_embed(tgt_in), memory, src == self.pad_id, tgt_in == self.pad_id)
+        return self.generator(x)  # (B, T, V)
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        return self.decode(self.encode(src), src, tgt_in)  # (B, T, V)
+
+    @torch.no_grad()
+    def greedy_decode(self, src: Tensor, max_len: int, go_id: int, stop_id: int) -> Tensor:
+        """Argmax decoding from `<go>`: (B, S) -> (B, L), L <= max_len, `<go>` included.
+
+        Stops once every row has produced `stop_id`; a row's positions after its stop are
+        `pad_id`. Runs in eval mode (no dropout) and restores the caller's mode.
+        """
+        if not 1 <= max_len <= self.max_len:
+            raise ValueError(
+                f"greedy_decode max_len {max_len} must be between 1 and the model's max_len {self.max_len}"
+            )
+        was_training = self.training
+        self.eval()
+        try:
+            memory = self.encode(src)  # (B, S, d)
+            out = torch.full((src.size(0), 1), go_id, dtype=torch.long, device=src.device)  # (B, 1)
+            done = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)  # (B,)
+            for _ in range(max_len - 1):
+                logits = self.decode(memory, src, out)[:, -1]  # (B, V)
+                step = logits.argmax(dim=-1).masked_fill(done, self.pad_id)  # (B,)
+                out = torch.cat([out, step[:, None]], dim=1)  # (B, t + 1)
+                done |= step == stop_id
+                if bool(done.all()):
+                    break
+            return out
+        finally:
+            self.train(was_training)

@@ -1,0 +1,68 @@
+"""Every artifact path, defined once. All paths are relative to the project root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RESULTS = Path("results")
+REPORTS = Path("reports")
+NOTEBOOKS = Path("notebooks")
+
+SPLITS = ("train", "valid", "test")
+
+
+def synthetic_dir(dataset: str) -> Path:
+    return RESULTS / "data" / "synthetic" / dataset
+
+
+def synthetic_split(dataset: str, split: str) -> Path:
+    return synthetic_dir(dataset) / f"{split}.jsonl"
+
+
+def synthetic_meta(dataset: str) -> Path:
+    return synthetic_dir(dataset) / "meta.json"
+
+
+def run_dir(study: str, run: str) -> Path:
+    return RESULTS / "runs" / study / run
+
+
+def run_config(study: str, run: str) -> Path:
+    return run_dir(study, run) / "config.json"
+
+
+def run_metrics(study: str, run: str) -> Path:
+    return run_dir(study, run) / "metrics.jsonl"
+
+
+def run_checkpoint(study: str, run: str) -> Path:
+    return run_dir(study, run) / "checkpoint.pt"
+
+
+def run_summary(study: str, run: str) -> Path:
+    """Written last by a training run: its presence means the run finished."""
+    return run_dir(study, run) / "summary.json"
+
+
+def run_log(study: str, run: str) -> Path:
+    return run_dir(study, run) / "log"
+
+
+def study_table(study: str) -> Path:
+    return RESULTS / study / "runs.csv"
+
+
+def notebook(study: str) -> Path:
+    return NOTEBOOKS / f"{study}.ipynb"
+
+
+def executed_notebook(study: str) -> Path:
+    return RESULTS / "notebooks" / f"{study}.ipynb"
+
+
+def report_page(study: str) -> Path:
+    return REPORTS / f"{study}.html"
+
+
+def report_index() -> Path:
+    return REPORTS / "index.html"

@@ -1,0 +1,169 @@
+"""The single stage list: studies -> runs -> stage records.
+
+The Snakefile builds one rule per record and `dvc.yaml` is generated from the same
+records, so the two orchestrators always run the same commands on the same files.
+The list depends on which datasets, studies and runs exist, never on the scale or
+the machine (config validation guarantees that), so the committed dvc.yaml is right
+on a laptop and on a GPU server alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tdiag import paths
+from tdiag.config import Config
+
+PACKAGE_DIR = Path("src") / "tdiag"
+REPORT_INDEX = "index"
+
+
+def _code(*modules: str) -> tuple[str, ...]:
+    """Source files a stage's output depends on, so editing them reruns the stage."""
+    return tuple(str(PACKAGE_DIR / m) for m in modules)
+
+
+DATA_CODE = _code("data/synthetic.py")
+TRAIN_CODE = _code(
+    "data/batching.py",
+    "models/__init__.py",
+    "models/attention.py",
+    "models/init.py",
+    "models/transformer.py",
+    "train/checkpoint.py",
+    "train/evaluate.py",
+    "train/loop.py",
+    "train/metrics.py",
+    "train/optim.py",
+)
+REPORT_CODE = _code("report/collect.py", "report/figures.py", "report/render.py")
+INDEX_CODE = _code("report/index.py", "report/render.py")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    args: tuple[str, ...]
+    """Arguments of the `tdiag` command that runs the stage."""
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]
+    params: tuple[str, ...] = ()
+    """params.yaml keys the stage reads (DVC tracks them)."""
+    metrics: tuple[str, ...] = ()
+    """Small JSON outputs DVC shows as metrics (also listed in `outs`)."""
+    gpu: bool = False
+    fingerprint: str = field(default="", compare=False)
+    """Digest of the resolved settings the stage uses: Snakemake reruns a rule when it changes."""
+
+
+def _fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _data_stages(cfg: Config) -> list[Stage]:
+    stages = []
+    for name, ds in cfg.datasets.items():
+        stages.append(
+            Stage(
+                name=f"data_synth_{name}",
+                args=("data", "synth", name),
+                deps=DATA_CODE,
+                outs=tuple(str(paths.synthetic_split(name, s)) for s in paths.SPLITS)
+                + (str(paths.synthetic_meta(name)),),
+                params=(f"datasets.{name}", "scales"),
+                fingerprint=_fingerprint(ds.model_dump(mode="json")),
+            )
+        )
+    return stages
+
+
+def _dataset_files(dataset: str) -> tuple[str, ...]:
+    return tuple(str(paths.synthetic_split(dataset, s)) for s in paths.SPLITS) + (
+        str(paths.synthetic_meta(dataset)),
+    )
+
+
+def _study_stages(cfg: Config, study: str) -> list[Stage]:
+    stages, summaries, metrics = [], [], []
+    for run in cfg.studies[study].runs:
+        rc = cfg.run(study, run)
+        summary, run_metrics = str(paths.run_summary(study, run)), str(paths.run_metrics(study, run))
+        summaries.append(summary)
+        metrics.append(run_metrics)
+        stages.append(
+            Stage(
+                name=f"train_{study}_{run}",
+                args=("train", study, run),
+                deps=_dataset_files(rc.dataset) + TRAIN_CODE,
+                outs=(str(paths.run_config(study, run)), run_metrics, summary),
+                params=(f"studies.{study}", "scale", "scales"),
+                metrics=(summary,),
+                gpu=True,
+                fingerprint=_fingerprint([cfg.resolved_scale, rc.model_dump(mode="json")]),
+            )
+        )
+    table = str(paths.study_table(study))
+    stages.append(
+        Stage(
+            name=f"collect_{study}",
+            args=("collect", study),
+            deps=tuple(summaries) + tuple(metrics) + _code("report/collect.py"),
+            outs=(table,),
+        )
+    )
+    stages.append(
+        Stage(
+            name=f"report_{study}",
+            args=("report", study),
+            deps=(table, str(paths.notebook(study))) + tuple(metrics) + REPORT_CODE,
+            outs=(str(paths.executed_notebook(study)), str(paths.report_page(study))),
+        )
+    )
+    return stages
+
+
+def stages(cfg: Config) -> list[Stage]:
+    """Every stage of the pipeline, in dependency order."""
+    out = _data_stages(cfg)
+    for study in cfg.studies:
+        out += _study_stages(cfg, study)
+    pages = [str(paths.report_page(s)) for s in cfg.studies]
+    tables = [str(paths.study_table(s)) for s in cfg.studies]
+    out.append(
+        Stage(
+            name="report_index",
+            args=("report", REPORT_INDEX),
+            deps=tuple(pages) + tuple(tables) + INDEX_CODE,
+            outs=(str(paths.report_index()),),
+            params=("scale",),
+        )
+    )
+    return out
+
+
+def final_targets(cfg: Config) -> list[str]:
+    return [str(paths.report_index())]
+
+
+def dvc_yaml(stage_list: list[Stage]) -> str:
+    """dvc.yaml text for the stage list (generated, committed, kept equal by a test)."""
+    doc = {"stages": {}}
+    for st in stage_list:
+        entry: dict = {"cmd": " ".join(("tdiag", *st.args))}
+        if st.deps:
+            entry["deps"] = list(st.deps)
+        if st.params:
+            entry["params"] = list(st.params)
+        outs = [o for o in st.outs if o not in st.metrics]
+        if outs:
+            entry["outs"] = [{o: {"cache": False}} for o in outs]
+        if st.metrics:
+            entry["metrics"] = [{m: {"cache": False}} for m in st.metrics]
+        doc["stages"][st.name] = entry
+    header = "# Generated by `tdiag stages --dvc > dvc.yaml` from the stage list in src/tdiag/plan.py; do not edit.\n"
+    return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)

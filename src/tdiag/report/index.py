@@ -1,0 +1,78 @@
+"""The report's index page: links to every study page and what produced them."""
+
+from __future__ import annotations
+
+import html
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from tdiag import devices, paths, provenance
+from tdiag.config import Config
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
+table { border-collapse: collapse; margin: 1rem 0; } td, th { border: 1px solid #ccc; padding: .3rem .6rem; }
+th { background: #f4f4f4; text-align: left; } code { background: #f4f4f4; padding: 0 .2rem; }
+"""
+
+
+def _duration(seconds: float) -> str:
+    minutes, sec = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {sec:02d}s" if hours else f"{minutes}m {sec:02d}s"
+
+
+def _runs_started(root: Path, study: str, runs: pd.DataFrame) -> list[str]:
+    return [
+        json.loads((root / paths.run_config(study, run)).read_text())["started_at"]
+        for run in runs.get("run", [])
+    ]
+
+
+def index_html(cfg: Config, root: Path = Path(".")) -> str:
+    rows, total_seconds, starts, finishes = [], 0.0, [], []
+    for study in cfg.studies:
+        runs = pd.read_csv(root / paths.study_table(study))
+        total_seconds += float(runs["wall_seconds"].sum())
+        starts += _runs_started(root, study, runs)
+        finishes += list(runs["finished_at"])
+        completed = int((runs["status"] == "completed").sum())
+        exact = runs.get("test.exact_match")
+        best = f"{exact.max():.4f}" if exact is not None and exact.notna().any() else "n/a"
+        link = paths.report_page(study).name
+        rows.append(
+            f"<tr><td><a href='{link}'>{html.escape(study)}</a></td><td>{len(runs)}</td>"
+            f"<td>{completed}</td><td>{len(runs) - completed}</td><td>{best}</td></tr>"
+        )
+    hardware = devices.hardware_description()
+    gpus = ", ".join(hardware.get("gpus") or []) or "none"
+    git = provenance.git_commit(root)
+    commit = (git["commit"] or "not a git checkout") + (" (uncommitted changes)" if git["dirty"] else "")
+    span = ""
+    if starts and finishes:
+        elapsed = datetime.fromisoformat(max(finishes)) - datetime.fromisoformat(min(starts))
+        span = f" (first run start to last run end: {_duration(elapsed.total_seconds())})"
+    facts = [
+        ("Scale", f"{cfg.resolved_scale} (params.yaml: {cfg.scale})"),
+        ("Hardware", f"CPU {hardware.get('cpu_model')} ({hardware.get('logical_cores')} cores); GPUs: {gpus}"),
+        ("Python", provenance.python_version()),
+        ("torch", provenance.package_versions()["torch"]),
+        ("Git commit", commit),
+        ("Total training wall time", _duration(total_seconds) + span),
+        ("Built", datetime.now(timezone.utc).isoformat(timespec="seconds")),
+    ]
+    fact_rows = "".join(f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>transformer-diagnostics report</title>
+<style>{STYLE}</style></head>
+<body>
+<h1>transformer-diagnostics report</h1>
+<table>{fact_rows}</table>
+<h2>Studies</h2>
+<table><tr><th>study</th><th>runs</th><th>completed</th><th>diverged</th><th>best test exact match</th></tr>
+{''.join(rows)}</table>
+</body></html>
+"""

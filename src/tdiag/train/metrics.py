@@ -1,0 +1,62 @@
+"""What a run measures: sequence and token accuracy, and activation norms."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def exact_match(predicted: torch.Tensor, target: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    """Per-row bool: the decoded sequence equals the target, token for token.
+
+    Both are right-padded (B, *) tensors that start with <go>; they are compared over
+    the wider of the two widths, so a prediction that stops early or runs on fails.
+    """
+    width = max(predicted.shape[1], target.shape[1])
+    p = F.pad(predicted, (0, width - predicted.shape[1]), value=pad_id)
+    t = F.pad(target, (0, width - target.shape[1]), value=pad_id)
+    return (p == t).all(dim=1)
+
+
+def token_counts(logits: torch.Tensor, labels: torch.Tensor, pad_id: int = 0) -> tuple[int, int]:
+    """(correct, total) argmax predictions over non-padding label positions."""
+    keep = labels != pad_id
+    correct = (logits.argmax(dim=-1) == labels) & keep
+    return int(correct.sum()), int(keep.sum())
+
+
+class ActivationNorms:
+    """Mean per-token L2 norm of each layer's output, captured by forward hooks.
+
+    Growing activation norms are the first visible symptom of a post-LN stack or an
+    embedding scale going wrong, so every training step records them.
+    """
+
+    def __init__(self, model: nn.Module):
+        self._values: dict[str, torch.Tensor] = {}
+        self._handles = []
+        for stack in ("encoder", "decoder"):
+            layers = getattr(getattr(model, stack, None), "layers", None)
+            for i, layer in enumerate(layers or []):
+                self._handles.append(layer.register_forward_hook(self._hook(f"{stack}.{i}")))
+
+    def _hook(self, name: str):
+        def record(_module, _inputs, output):
+            if torch.is_grad_enabled():
+                self._values[name] = output.detach().float().norm(dim=-1).mean()
+
+        return record
+
+    def pop(self) -> dict[str, float]:
+        """The norms of the last forward pass, as floats; clears them."""
+        if not self._values:
+            return {}
+        names = list(self._values)
+        values = torch.stack([self._values[n] for n in names]).tolist()
+        self._values.clear()
+        return {f"act_norm/{n}": v for n, v in zip(names, values)}
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()

@@ -1,0 +1,50 @@
+"""Optimizers and learning-rate schedules, each a named option chosen here once.
+
+Every schedule is expressed as a multiplier of the configured peak `lr`, so `lr`
+means the same thing whatever the schedule: the rate reached at the end of warmup.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tdiag.config import TrainConfig
+
+
+def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "momentum":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def lr_multiplier(cfg: TrainConfig, step: int) -> float:
+    """Multiplier of the peak lr for optimizer step `step` (1-based)."""
+    step = max(step, 1)
+    warmup = cfg.warmup_steps
+    if cfg.schedule == "noam":
+        # Vaswani et al. 2017, eq. 3: d^-0.5 * min(step^-0.5, step * warmup^-1.5),
+        # rescaled so that its peak, at step == warmup, is 1.
+        return min(step / warmup, math.sqrt(warmup / step))
+    if warmup and step < warmup:
+        return step / warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "cosine":
+        span = max(cfg.max_steps - warmup, 1)
+        progress = min((step - warmup) / span, 1.0)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown schedule {cfg.schedule!r}")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    # LambdaLR calls the lambda with the number of scheduler.step() calls so far (0 at
+    # construction); the +1 makes the first optimizer step use the step-1 rate.
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: lr_multiplier(cfg, done + 1))
