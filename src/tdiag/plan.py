@@ -75,7 +75,7 @@ def _data_stages(cfg: Config) -> list[Stage]:
                 deps=DATA_CODE,
                 outs=tuple(str(paths.synthetic_split(name, s)) for s in paths.SPLITS)
                 + (str(paths.synthetic_meta(name)),),
-                params=(f"datasets.{name}", "scales"),
+                params=(f"datasets.{name}", "scale", "scales"),
                 fingerprint=_fingerprint(ds.model_dump(mode="json")),
             )
         )

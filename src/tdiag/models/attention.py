@@ -1,7 +1,7 @@
 """Multi-head attention (Vaswani et al. 2017, section 3.2) with two interchangeable backends.
 
 `manual` writes scaled dot-product attention out (eq. 1) so every step can be read and
-differentiated by hand; `sdpa` calls `torch.nn.functional.scaled_dot_product_attention`,
+inspected; `sdpa` calls `torch.nn.functional.scaled_dot_product_attention`,
 which picks fused kernels on GPU. They agree within float32 rounding
 (tests/test_attention.py). The backend is chosen by name in one place, `BACKENDS`.
 
@@ -44,7 +44,7 @@ def manual_attention(
         mask = causal_mask(q.size(-2), k.size(-2), q.device)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    # Dropout on the attention weights, as SDPA's dropout_p does.
+    # Dropout on the attention weights, as in the annotated transformer and SDPA's dropout_p.
     weights = F.dropout(scores.softmax(dim=-1), p=dropout_p, training=dropout_p > 0)
     return weights @ v  # (B, h, T_q, d_k)
 

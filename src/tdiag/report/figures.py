@@ -24,6 +24,8 @@ def eval_curves(metrics: pd.DataFrame, y: str = "exact_match", hue: str = "run",
     evals = metrics[metrics["kind"] == "eval"]
     fig, ax = plt.subplots(figsize=(7, 4))
     sns.lineplot(data=evals, x="step", y=y, hue=hue, marker="o", ax=ax)
+    if y in {"exact_match", "token_accuracy"}:
+        ax.set_ylim(-0.02, 1.02)
     ax.set_title(title or f"validation {y.replace('_', ' ')} by step")
     ax.set_xlabel("optimizer step")
     _diverged_marks(ax, metrics, y)

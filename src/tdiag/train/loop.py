@@ -147,6 +147,8 @@ def _train(cfg, rc: RunConfig, study, run, files: RunPaths, meta, choice, restar
             metrics_file.write(json.dumps(record, sort_keys=True) + "\n")
             metrics_file.flush()
 
+        if state.step == 0:  # the untrained baseline anchors every curve
+            emit({"kind": "eval", "split": "valid", "step": 0, **evaluate(valid_data, tc.eval_examples)})
         model.train()
         while state.step < tc.max_steps:
             step = state.step + 1
