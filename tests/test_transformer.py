@@ -96,7 +96,7 @@ def test_norm_placement(norm):
     assert len(outputs) == 2
     assert all(layer_normalised(out) == (norm == "post") for out in outputs)
     assert layer_normalised(memory)
-    assert layer_normalised(model.decoder(model.tgt_embed(tgt_in), memory, src == PAD, tgt_in == PAD))
+    assert layer_normalised(model.decoder(model.tgt_embed(tgt_in), memory, src == PAD))
 
 
 @pytest.mark.parametrize("norm, positions, attention", VARIANTS)

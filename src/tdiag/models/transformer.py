@@ -145,8 +145,11 @@ class DecoderLayer(nn.Module):
         self.cross_attn_res = Residual(cfg.d_model, cfg.dropout, cfg.norm)
         self.ffn_res = Residual(cfg.d_model, cfg.dropout, cfg.norm)
 
-    def forward(self, x: Tensor, memory: Tensor, src_pad: Tensor, tgt_pad: Tensor) -> Tensor:
-        x = self.self_attn_res(x, lambda y: self.self_attn(y, y, tgt_pad, causal=True))
+    def forward(self, x: Tensor, memory: Tensor, src_pad: Tensor) -> Tensor:
+        # With right padding, causality already hides every pad key from every real
+        # query, so no padding mask is needed here; without one, SDPA can take its
+        # flash/efficient causal kernels on GPU. Outputs at pad positions are ignored.
+        x = self.self_attn_res(x, lambda y: self.self_attn(y, y, None, causal=True))
         # Queries from the decoder, keys and values from the memory (section 3.2.3).
         x = self.cross_attn_res(x, lambda y: self.cross_attn(y, memory, src_pad))
         return self.ffn_res(x, self.ffn)  # (B, T, d)
@@ -175,9 +178,9 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
         self.norm = _final_norm(cfg)
 
-    def forward(self, x: Tensor, memory: Tensor, src_pad: Tensor, tgt_pad: Tensor) -> Tensor:
+    def forward(self, x: Tensor, memory: Tensor, src_pad: Tensor) -> Tensor:
         for layer in self.layers:
-            x = layer(x, memory, src_pad, tgt_pad)
+            x = layer(x, memory, src_pad)
         return self.norm(x)  # (B, T, d)
 
 
@@ -185,8 +188,8 @@ class EncoderDecoder(nn.Module):
     """The full model: `forward(src, tgt_in)` -> next-token logits (B, T, tgt_vocab).
 
     Padding masks come from `pad_id`: source pads are hidden from encoder self-attention
-    and from cross-attention, target pads from decoder self-attention (which is also
-    causal). Initialisation follows `cfg.init` (models/init.py).
+    and from cross-attention; decoder self-attention is causal, which with right
+    padding hides target pads from every real position. Initialisation follows `cfg.init` (models/init.py).
     """
 
     def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int, pad_id: int = 0):
@@ -218,7 +221,7 @@ class EncoderDecoder(nn.Module):
 
     def decode(self, memory: Tensor, src: Tensor, tgt_in: Tensor) -> Tensor:
         """memory (B, S, d), src (B, S) for its padding, tgt_in (B, T) -> logits (B, T, V)."""
-        x = self.decoder(self.tgt_embed(tgt_in), memory, src == self.pad_id, tgt_in == self.pad_id)
+        x = self.decoder(self.tgt_embed(tgt_in), memory, src == self.pad_id)
         return self.generator(x)  # (B, T, V)
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:

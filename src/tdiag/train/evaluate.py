@@ -41,7 +41,9 @@ def evaluate_seq2seq(
         correct, total = correct + c, total + n
         n_decode = max(0, min(limit - start, len(idx)))
         if n_decode:
-            predicted = model.greedy_decode(src[:n_decode], tgt.shape[1] + 1, go_id, stop_id)
+            # One position beyond the target, so a prediction that runs on is caught.
+            length = min(tgt.shape[1] + 1, model.max_len)
+            predicted = model.greedy_decode(src[:n_decode], length, go_id, stop_id)
             matches += int(exact_match(predicted, tgt[:n_decode], pad_id).sum())
             decoded += n_decode
     model.train(was_training)

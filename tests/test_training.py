@@ -1,0 +1,129 @@
+"""The training loop end to end on the copy task: records, checkpoints, resume, divergence."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import tdiag, tiny_params, write_params
+
+RUN = Path("results/runs/toy/copy")
+
+
+def records(folder: Path, kind: str = "train") -> list[dict]:
+    lines = (folder / RUN / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def summary(folder: Path) -> dict:
+    return json.loads((folder / RUN / "summary.json").read_text())
+
+
+def test_run_folder_holds_config_metrics_checkpoint_and_summary(tiny_project: Path):
+    tdiag("train", "toy", "copy", cwd=tiny_project)
+    run = tiny_project / RUN
+    assert {"config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "log"} <= {p.name for p in run.iterdir()}
+    config = json.loads((run / "config.json").read_text())
+    assert config["seed"] == 0 and config["config"]["train"]["max_steps"] == 60
+    assert {"git", "packages", "hardware", "python"} <= set(config)
+    assert config["packages"]["torch"].startswith("2.13.0")
+
+    steps = records(tiny_project)
+    assert [r["step"] for r in steps] == list(range(1, 61))
+    for key in ("loss", "lr", "grad_norm", "step_time", "tokens", "peak_memory_bytes", "act_norm/encoder.0"):
+        assert all(r[key] is not None for r in steps), key
+    assert steps[0]["tokens"] == 50 * 5  # 50 sequences x (4 symbols + <stop>) predicted tokens
+    assert steps[-1]["loss"] < steps[0]["loss"] / 2
+    evals = records(tiny_project, "eval")
+    assert [r["step"] for r in evals] == [0, 20, 40, 60]
+    assert all({"exact_match", "token_accuracy", "loss"} <= set(r) for r in evals)
+
+    result = summary(tiny_project)
+    assert result["status"] == "completed" and result["steps"] == 60
+    assert result["test"]["examples"] == 50 and 0.0 <= result["test"]["exact_match"] <= 1.0
+
+
+def test_sigkilled_run_resumes_from_checkpoint_with_identical_losses(tmp_path: Path):
+    params = tiny_params({"studies": {"toy": {"train": {"max_steps": 400, "checkpoint_every": 25, "eval_every": 200}}}})
+    for scale in ("smoke", "full"):
+        params["scales"][scale]["studies"]["toy"]["train"].update(max_steps=400, checkpoint_every=25, eval_every=200)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    for folder in (straight, killed):
+        folder.mkdir()
+        write_params(folder, params)
+        tdiag("data", "synth", "copy", cwd=folder)
+
+    tdiag("train", "toy", "copy", "--threads", "1", cwd=straight)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tdiag", "train", "toy", "copy", "--threads", "1"],
+        cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    metrics = killed / RUN / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if metrics.exists() and metrics.read_text().count('"kind": "train"') >= 60:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / RUN / "summary.json").exists(), "killed too late: the run had finished"
+    steps_before_kill = len(records(killed))
+    assert 60 <= steps_before_kill < 400
+
+    resumed = tdiag("train", "toy", "copy", "--threads", "1", cwd=killed)
+    checkpoint_step = (steps_before_kill // 25) * 25
+    assert f"resuming from checkpoint at step {checkpoint_step}" in resumed.stderr
+    assert f"resuming from checkpoint at step {checkpoint_step}" in (killed / RUN / "log").read_text()
+
+    assert [r["step"] for r in records(killed)] == list(range(1, 401))
+    assert [r["loss"] for r in records(killed)] == [r["loss"] for r in records(straight)]
+    assert summary(killed)["resumed_from"] == [checkpoint_step]
+    assert summary(killed)["test"] == summary(straight)["test"]
+
+
+def test_rerun_of_finished_run_with_new_config_starts_over(tiny_project: Path):
+    tdiag("train", "toy", "copy", cwd=tiny_project)
+    again = tdiag("--set", "studies.toy.train.lr=0.001", "train", "toy", "copy", cwd=tiny_project)
+    assert "different configuration: starting from step 0" in again.stderr
+    assert summary(tiny_project)["resumed_from"] == []
+
+
+def test_nan_loss_marks_run_diverged_and_the_stage_succeeds(tiny_project: Path):
+    blow_up = ["--set", "studies.toy.train.optimizer=sgd", "--set", "studies.toy.train.lr=1e30",
+               "--set", "studies.toy.train.clip_grad_norm=null", "--set", "studies.toy.train.schedule=constant"]
+    done = tdiag(*blow_up, "train", "toy", "copy", cwd=tiny_project)
+    assert done.returncode == 0
+    result = summary(tiny_project)
+    assert result["status"] == "diverged"
+    assert 1 <= result["diverged_step"] < 60 and result["steps"] == result["diverged_step"] - 1
+    last = records(tiny_project)[-1]
+    assert last["diverged"] is True and last["loss"] is None and last["step"] == result["diverged_step"]
+
+
+def test_precision_the_device_cannot_do_is_a_config_error(tiny_project: Path):
+    done = tdiag("--set", "studies.toy.train.precision=fp16", "train", "toy", "copy", cwd=tiny_project, check=False)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert "precision" in lines[-1] and "fp16" in lines[-1] and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("precision", ["bf16"])
+def test_bf16_autocast_trains_on_cpu(tiny_project: Path, precision: str):
+    tdiag("--set", f"studies.toy.train.precision={precision}", "train", "toy", "copy", cwd=tiny_project)
+    assert summary(tiny_project)["status"] == "completed"
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny_project: Path, tmp_path: Path):
+    tdiag("--set", "studies.toy.train.max_steps=5", "train", "toy", "copy", "--threads", "1", cwd=tiny_project)
+    whole = [r["loss"] for r in records(tiny_project)]
+    tdiag("--set", "studies.toy.train.max_steps=5", "--set", "studies.toy.train.micro_batches=5",
+          "train", "toy", "copy", "--threads", "1", cwd=tiny_project)
+    accumulated = [r["loss"] for r in records(tiny_project)]
+    assert accumulated == pytest.approx(whole, rel=1e-4)
