@@ -127,3 +127,18 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_project: Path, tmp_pat
           "train", "toy", "copy", "--threads", "1", cwd=tiny_project)
     accumulated = [r["loss"] for r in records(tiny_project)]
     assert accumulated == pytest.approx(whole, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_committed_smoke_config_learns_copy_to_exact_match_1(tmp_path: Path):
+    """The foundation's claim: the copy task is learned to 100% on held-out sequences."""
+    import shutil
+
+    from conftest import REPO
+
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    tdiag("--set", "scale=smoke", "data", "synth", "copy", cwd=tmp_path)
+    tdiag("--set", "scale=smoke", "train", "toy", "copy", cwd=tmp_path)
+    result = summary(tmp_path)
+    assert result["status"] == "completed"
+    assert result["test"]["exact_match"] == 1.0 and result["test"]["examples"] == 1000

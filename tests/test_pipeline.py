@@ -1,0 +1,98 @@
+"""One stage list, two orchestrators: dvc.yaml stays generated, and the whole smoke
+pipeline runs through real Snakemake and real DVC in a temporary copy of the project."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, tiny_params, write_params
+from tdiag import config, plan
+
+PROJECT_FILES = ("Snakefile", "workflow", "notebooks", "src", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore")
+
+
+def test_committed_dvc_yaml_is_generated_from_the_stage_list():
+    cfg = config.load(REPO / "params.yaml")
+    expected = plan.dvc_yaml(plan.stages(cfg))
+    assert (REPO / "dvc.yaml").read_text() == expected, "regenerate with: tdiag stages --dvc > dvc.yaml"
+
+
+def test_stage_list_does_not_depend_on_scale():
+    smoke = plan.stages(config.load(REPO / "params.yaml", ["scale=smoke"]))
+    full = plan.stages(config.load(REPO / "params.yaml", ["scale=full"]))
+    assert smoke == full  # fingerprints differ, but they are not compared
+
+
+def test_every_stage_input_is_made_by_an_earlier_stage_or_is_source():
+    made: set[str] = set()
+    for stage in plan.stages(config.load(REPO / "params.yaml")):
+        for dep in stage.deps:
+            assert dep in made or (REPO / dep).is_file(), f"{stage.name}: nothing makes {dep}"
+        made.update(stage.outs)
+
+
+def _project_copy(tmp_path: Path) -> Path:
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in PROJECT_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__", "tmp"))
+        elif source.exists():
+            shutil.copy2(source, project / name)
+    write_params(project, tiny_params())
+    return project
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def _check_outputs(project: Path) -> None:
+    result = json.loads((project / "results/runs/toy/copy/summary.json").read_text())
+    assert result["status"] == "completed"
+    page = (project / "reports/toy.html").read_text()
+    assert "data:image/png;base64" in page
+    assert not re.search(r'(src|href)="https?://', page), "the page must not load anything from the network"
+    assert "injected-parameters" not in page
+    index = (project / "reports/index.html").read_text()
+    assert "toy.html" in index and "Scale" in index and "torch" in index
+
+
+@pytest.mark.slow
+def test_snakemake_runs_the_smoke_pipeline_then_has_nothing_to_do(tmp_path: Path):
+    project = _project_copy(tmp_path)
+    snakemake = [sys.executable, "-m", "snakemake", "--cores", "2"]
+    _run(snakemake, project)
+    _check_outputs(project)
+    dry = _run(snakemake + ["-n"], project)
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_smoke_pipeline_then_is_up_to_date(tmp_path: Path):
+    project = _project_copy(tmp_path)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    _run(["git", "init", "-q"], project)
+    _run(["git", "add", "-A"], project)
+    _run(git + ["commit", "-qm", "project copy"], project)
+    venv_bin = str(Path(sys.executable).parent)
+    dvc = [str(Path(venv_bin) / "dvc")]
+    env_path = f"{venv_bin}:{os.environ['PATH']}"
+    done = subprocess.run(dvc + ["repro"], cwd=project, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PATH": env_path})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _check_outputs(project)
+    status = subprocess.run(dvc + ["status"], cwd=project, capture_output=True, text=True,
+                            env={**os.environ, "PATH": env_path})
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
