@@ -282,6 +282,20 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw) if raw else None
 
 
+def overrides_from_mapping(mapping: dict, prefix: str = "") -> list[str]:
+    """Nested overrides (Snakemake's `--config studies='{toy: {train: {lr: 0.01}}}'`)
+    as `key.path=value` strings, one per leaf, so they merge into the file key by key."""
+    out = []
+    for key, value in mapping.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out += overrides_from_mapping(value, f"{path}.")
+        else:
+            # Strings go in raw so YAML types them as the file would ("0.01" -> 0.01).
+            out.append(f"{path}={value if isinstance(value, str) else json.dumps(value)}")
+    return out
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     out = copy.deepcopy(raw)
     for text in overrides:

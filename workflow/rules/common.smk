@@ -1,13 +1,13 @@
-# Load and validate params.yaml once; `--config key.path=value` entries become
-# `tdiag --set` overrides of every stage command, so they reach the stages too.
-import json
+# Load and validate params.yaml once. `--config` entries (nested, e.g.
+# `--config studies='{toy: {train: {lr: 0.01}}}'`) become `tdiag --set key.path=value`
+# overrides of every stage command, so they reach the stages too.
 import shlex
 import sys
 
 from tdiag import config as tdiag_config
 from tdiag import plan
 
-OVERRIDES = [f"{key}={json.dumps(value)}" for key, value in config.items()]
+OVERRIDES = tdiag_config.overrides_from_mapping(config)
 try:
     CFG = tdiag_config.load("params.yaml", OVERRIDES)
 except tdiag_config.ConfigError as err:
