@@ -12,15 +12,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = {
-    "datasets": {"copy": {"n_train": 1000, "n_valid": 50, "n_test": 50}},
-    "studies": {
-        "toy": {
-            "model": {"d_model": 32, "d_ff": 64},
-            "train": {"max_steps": 60, "eval_every": 20, "checkpoint_every": 20, "warmup_steps": 20, "batch_size": 50},
-        }
-    },
-}
+TINY_TRAIN = {"max_steps": 60, "eval_every": 20, "checkpoint_every": 20, "warmup_steps": 20, "batch_size": 50}
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -31,11 +23,20 @@ def _merge(base: dict, override: dict) -> dict:
 
 
 def tiny_params(extra: dict | None = None) -> dict:
-    """The repo's params.yaml shrunk to seconds of CPU work, for both scales."""
+    """The repo's params.yaml shrunk to seconds of CPU work: small datasets, a small
+    model, two task runs (integer and character level) and a two-run grid; the same
+    sizes at both scales."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params = _merge(params, TINY)
-    for scale in ("smoke", "full"):
-        params["scales"][scale] = _merge(params["scales"].get(scale) or {}, TINY)
+    for name, dataset in params["datasets"].items():
+        held_out = 4 if dataset["task"] == "structured" else 20
+        dataset.update(n_train=300, n_valid=held_out, n_test=held_out)
+    toy = params["studies"]["toy"]
+    toy["seeds"] = 1
+    toy["model"].update(d_model=32, d_ff=64)
+    toy["train"].update(TINY_TRAIN)
+    toy["runs"] = {"copy": {"dataset": "copy"}, "dates": {"dataset": "dates"}}
+    toy["grids"] = {"qk_wo": {"vary": {"model.init.tie_qk": [False, True]}}}
+    params["scales"] = {"smoke": {}, "full": {}}
     return _merge(params, extra or {})
 
 

@@ -32,51 +32,49 @@ def test_optimizer_names_build_the_right_class(name, cls, momentum):
         assert group["betas"] == (0.8, 0.95) and group["eps"] == 1e-7
 
 
-def test_noam_peaks_at_one_at_warmup():
+def test_noam_peaks_at_warmup_and_longer_warmup_means_lower_peak():
     cfg = TrainConfig(schedule="noam", warmup_steps=200, max_steps=2000)
-    assert lr_multiplier(cfg, 200) == 1.0
-    values = [lr_multiplier(cfg, s) for s in range(1, 2001)]
-    assert max(values) == 1.0 and values.index(1.0) == 199
+    values = [lr_multiplier(cfg, s, 64) for s in range(1, 2001)]
+    assert values.index(max(values)) == 199
+    assert max(values) == pytest.approx((64 * 200) ** -0.5, rel=1e-12)
+    longer = TrainConfig(schedule="noam", warmup_steps=800)
+    assert max(lr_multiplier(longer, s, 64) for s in range(1, 2001)) < max(values)
 
 
 @pytest.mark.parametrize("step", [1, 2, 50, 199, 200, 201, 800, 2000, 10_000])
-def test_noam_follows_vaswani(step):
+def test_noam_is_vaswani_eq3(step):
     w, d = 200, 64
     cfg = TrainConfig(schedule="noam", warmup_steps=w)
-    assert lr_multiplier(cfg, step) == pytest.approx(min(step / w, math.sqrt(w / step)), rel=1e-12)
-
-    # Vaswani et al. 2017, eq. 3, divided by its value at step == warmup
-    def eq3(s):
-        return d**-0.5 * min(s**-0.5, s * w**-1.5)
-
-    assert lr_multiplier(cfg, step) == pytest.approx(eq3(step) / eq3(w), rel=1e-12)
+    # Vaswani et al. 2017, eq. 3, written out independently
+    expected = d**-0.5 * min(step**-0.5, step * w**-1.5)
+    assert lr_multiplier(cfg, step, d) == pytest.approx(expected, rel=1e-12)
 
 
 def test_cosine_warms_up_then_decays_to_the_floor():
     cfg = TrainConfig(schedule="cosine", warmup_steps=100, max_steps=1000, min_lr_ratio=0.1)
     for s in (1, 25, 99):
-        assert lr_multiplier(cfg, s) == pytest.approx(s / 100, rel=1e-12)
-    assert lr_multiplier(cfg, 100) == pytest.approx(1.0, rel=1e-12)
-    assert lr_multiplier(cfg, 550) == pytest.approx(0.1 + 0.9 * 0.5, rel=1e-12)  # halfway through the decay
-    assert lr_multiplier(cfg, 1000) == pytest.approx(0.1, rel=1e-12)
-    assert lr_multiplier(cfg, 5000) == pytest.approx(0.1, rel=1e-12)
-    decay = [lr_multiplier(cfg, s) for s in range(100, 1001)]
+        assert lr_multiplier(cfg, s, 64) == pytest.approx(s / 100, rel=1e-12)
+    assert lr_multiplier(cfg, 100, 64) == pytest.approx(1.0, rel=1e-12)
+    assert lr_multiplier(cfg, 550, 64) == pytest.approx(0.1 + 0.9 * 0.5, rel=1e-12)  # halfway through the decay
+    assert lr_multiplier(cfg, 1000, 64) == pytest.approx(0.1, rel=1e-12)
+    assert lr_multiplier(cfg, 5000, 64) == pytest.approx(0.1, rel=1e-12)
+    decay = [lr_multiplier(cfg, s, 64) for s in range(100, 1001)]
     assert all(a >= b for a, b in zip(decay, decay[1:]))
 
 
 def test_cosine_without_warmup_starts_at_peak():
     cfg = TrainConfig(schedule="cosine", warmup_steps=0, max_steps=10, min_lr_ratio=0.0)
-    assert lr_multiplier(cfg, 1) == pytest.approx(0.5 * (1 + math.cos(math.pi / 10)))
-    assert lr_multiplier(cfg, 10) == pytest.approx(0.0, abs=1e-15)
+    assert lr_multiplier(cfg, 1, 64) == pytest.approx(0.5 * (1 + math.cos(math.pi / 10)))
+    assert lr_multiplier(cfg, 10, 64) == pytest.approx(0.0, abs=1e-15)
 
 
 def test_constant_ramps_then_stays_at_one():
     cfg = TrainConfig(schedule="constant", warmup_steps=50, max_steps=500)
     for s in (1, 10, 49):
-        assert lr_multiplier(cfg, s) == pytest.approx(s / 50, rel=1e-12)
-    assert all(lr_multiplier(cfg, s) == 1.0 for s in range(50, 600))
+        assert lr_multiplier(cfg, s, 64) == pytest.approx(s / 50, rel=1e-12)
+    assert all(lr_multiplier(cfg, s, 64) == 1.0 for s in range(50, 600))
     no_warmup = TrainConfig(schedule="constant", warmup_steps=0)
-    assert all(lr_multiplier(no_warmup, s) == 1.0 for s in range(1, 20))
+    assert all(lr_multiplier(no_warmup, s, 64) == 1.0 for s in range(1, 20))
 
 
 @pytest.mark.parametrize(
@@ -90,10 +88,10 @@ def test_constant_ramps_then_stays_at_one():
 )
 def test_scheduler_gives_optimizer_step_k_the_step_k_rate(cfg):
     opt = build_optimizer(_params(), cfg)
-    sched = build_scheduler(opt, cfg)
+    sched = build_scheduler(opt, cfg, 64)
     # before the first scheduler.step(): the rate of optimizer step 1
-    assert opt.param_groups[0]["lr"] == pytest.approx(cfg.lr * lr_multiplier(cfg, 1), rel=1e-12)
+    assert opt.param_groups[0]["lr"] == pytest.approx(cfg.lr * lr_multiplier(cfg, 1, 64), rel=1e-12)
     for k in range(1, 31):
         opt.step()
         sched.step()
-        assert opt.param_groups[0]["lr"] == pytest.approx(cfg.lr * lr_multiplier(cfg, k + 1), rel=1e-12)
+        assert opt.param_groups[0]["lr"] == pytest.approx(cfg.lr * lr_multiplier(cfg, k + 1, 64), rel=1e-12)

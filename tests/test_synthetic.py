@@ -8,21 +8,21 @@ from pathlib import Path
 import pytest
 
 from tdiag import paths
-from tdiag.config import CopyTaskConfig, load
-from tdiag.data.synthetic import GO, PAD, STOP, copy_task, generate, write_dataset
+from tdiag.config import SymbolTaskConfig, load
+from tdiag.data.synthetic import GO, PAD, STOP, generate, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def cfg() -> CopyTaskConfig:
+def cfg() -> SymbolTaskConfig:
     """The committed copy dataset (20 ids, 4 content symbols, 21,500 examples)."""
     return load(REPO / "params.yaml", env={}).datasets["copy"]
 
 
 @pytest.fixture(scope="module")
 def splits(cfg) -> dict:
-    return copy_task(cfg)
+    return generate(cfg)[0]
 
 
 def _sources(examples) -> set[tuple[int, ...]]:
@@ -30,7 +30,7 @@ def _sources(examples) -> set[tuple[int, ...]]:
 
 
 def test_committed_config_is_the_documented_one(cfg):
-    assert (cfg.vocab_size, cfg.content_length) == (20, 4)
+    assert (cfg.task, cfg.vocab_size, cfg.content_length) == ("copy", 20, 4)
 
 
 def test_examples_are_go_content_stop(cfg, splits):
@@ -59,6 +59,7 @@ def test_split_sizes(cfg, splits):
 
 def test_splits_are_disjoint_and_sources_distinct(splits):
     train, valid, test = (_sources(splits[s]) for s in paths.SPLITS)
+    # 17**4 sequences is far more than 21,500: no source repeats anywhere
     assert len(train) == len(splits["train"])
     assert len(valid) == len(splits["valid"]) and len(test) == len(splits["test"])
     assert not train & valid
@@ -68,31 +69,31 @@ def test_splits_are_disjoint_and_sources_distinct(splits):
 
 def test_whole_space_fits_when_asked_for_exactly():
     # 2 symbols, length 3: 8 sequences, all of them used
-    small = CopyTaskConfig(vocab_size=5, content_length=3, n_train=5, n_valid=2, n_test=1, seed=3)
-    got = copy_task(small)
+    small = SymbolTaskConfig(task="copy", vocab_size=5, content_length=3, n_train=5, n_valid=2, n_test=1, seed=3)
+    got = generate(small)[0]
     every = set().union(*(_sources(got[s]) for s in paths.SPLITS))
     expected = {(GO, a, b, c, STOP) for a in (3, 4) for b in (3, 4) for c in (3, 4)}
     assert every == expected
+    assert sum(len(got[s]) for s in paths.SPLITS) == 8
 
 
 def test_same_seed_same_data_other_seed_other_data(cfg):
     assert generate(cfg) == generate(cfg)
-    other = generate(cfg.model_copy(update={"seed": cfg.seed + 1}))
-    assert other["train"] != generate(cfg)["train"]
-    assert _sources(other["test"]) != _sources(generate(cfg)["test"])
+    mine, other = generate(cfg)[0], generate(cfg.model_copy(update={"seed": cfg.seed + 1}))[0]
+    assert other["train"] != mine["train"]
+    assert _sources(other["test"]) != _sources(mine["test"])
 
 
 def test_write_dataset_files(tmp_path):
-    small = CopyTaskConfig(vocab_size=20, content_length=4, n_train=30, n_valid=5, n_test=7, seed=2)
+    small = SymbolTaskConfig(task="copy", vocab_size=20, content_length=4, n_train=30, n_valid=5, n_test=7, seed=2)
     meta = write_dataset("tiny", small, root=tmp_path)
 
     folder = tmp_path / "results" / "data" / "synthetic" / "tiny"
     assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "test.jsonl", "train.jsonl", "valid.jsonl"]
 
-    expected = copy_task(small)
+    expected = generate(small)[0]
     for split in paths.SPLITS:
-        lines = (folder / f"{split}.jsonl").read_text().splitlines()
-        records = [json.loads(line) for line in lines]
+        records = [json.loads(line) for line in (folder / f"{split}.jsonl").read_text().splitlines()]
         assert records == expected[split]
     first = json.loads((folder / "train.jsonl").read_text().splitlines()[0])
     assert first["src"][0] == 1 and first["src"][-1] == 2 and len(first["src"]) == 6  # [1, x1..x4, 2]
@@ -104,11 +105,11 @@ def test_write_dataset_files(tmp_path):
     assert (on_disk["pad_id"], on_disk["go_id"], on_disk["stop_id"]) == (0, 1, 2)
     assert (on_disk["max_src_len"], on_disk["max_tgt_len"]) == (6, 6)
     assert on_disk["sizes"] == {"train": 30, "valid": 5, "test": 7}
-    assert CopyTaskConfig.model_validate(on_disk["config"]) == small
+    assert SymbolTaskConfig.model_validate(on_disk["config"]) == small
 
 
 def test_write_dataset_twice_is_identical(tmp_path):
-    small = CopyTaskConfig(n_train=20, n_valid=3, n_test=3)
+    small = SymbolTaskConfig(task="copy", n_train=20, n_valid=3, n_test=3)
     write_dataset("tiny", small, root=tmp_path / "a")
     write_dataset("tiny", small, root=tmp_path / "b")
     for name in ("train.jsonl", "valid.jsonl", "test.jsonl", "meta.json"):

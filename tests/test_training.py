@@ -14,22 +14,24 @@ import pytest
 from conftest import tdiag, tiny_params, write_params
 
 RUN = Path("results/runs/toy/copy")
+SEED0 = RUN / "seed-0"
 
 
-def records(folder: Path, kind: str = "train") -> list[dict]:
-    lines = (folder / RUN / "metrics.jsonl").read_text().splitlines()
+def records(folder: Path, kind: str = "train", seed_dir: Path = SEED0) -> list[dict]:
+    lines = (folder / seed_dir / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
 def summary(folder: Path) -> dict:
+    """The run's summary (over seeds); its first seed's is summary(...)["per_seed"][0]."""
     return json.loads((folder / RUN / "summary.json").read_text())
 
 
 def test_run_folder_holds_config_metrics_checkpoint_and_summary(tiny_project: Path):
     tdiag("train", "toy", "copy", cwd=tiny_project)
-    run = tiny_project / RUN
-    assert {"config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "log"} <= {p.name for p in run.iterdir()}
-    config = json.loads((run / "config.json").read_text())
+    seed = tiny_project / SEED0
+    assert {"config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "log"} <= {p.name for p in seed.iterdir()}
+    config = json.loads((seed / "config.json").read_text())
     assert config["seed"] == 0 and config["config"]["train"]["max_steps"] == 60
     assert {"git", "packages", "hardware", "python"} <= set(config)
     assert config["packages"]["torch"].startswith("2.13.0")
@@ -42,17 +44,30 @@ def test_run_folder_holds_config_metrics_checkpoint_and_summary(tiny_project: Pa
     assert steps[-1]["loss"] < steps[0]["loss"] / 2
     evals = records(tiny_project, "eval")
     assert [r["step"] for r in evals] == [0, 20, 40, 60]
-    assert all({"exact_match", "token_accuracy", "loss"} <= set(r) for r in evals)
+    assert all({"exact_match", "token_accuracy", "loss", "bleu", "teacher_forced_exact_match"} <= set(r) for r in evals)
+    assert "tok:none" in evals[-1]["bleu_signature"]
 
     result = summary(tiny_project)
-    assert result["status"] == "completed" and result["steps"] == 60
-    assert result["test"]["examples"] == 50 and 0.0 <= result["test"]["exact_match"] <= 1.0
+    assert result["status"] == "completed" and result["seeds"] == [0]
+    first = result["per_seed"][0]
+    assert first["steps"] == 60 and first["test"]["examples"] == 20
+    assert result["test"]["exact_match"] == first["test"]["exact_match"]
+    assert len(first["samples"]) == 5 and {"source", "reference", "hypothesis"} <= set(first["samples"][0])
+
+
+def test_every_seed_trains_in_its_own_folder_and_the_run_summary_averages_them(tiny_project: Path):
+    tdiag("--set", "studies.toy.seeds=2", "--set", "studies.toy.train.max_steps=20", "train", "toy", "copy",
+          cwd=tiny_project)
+    result = summary(tiny_project)
+    assert result["seeds"] == [0, 1]
+    losses = [records(tiny_project, seed_dir=RUN / f"seed-{s}")[0]["loss"] for s in (0, 1)]
+    assert losses[0] != losses[1], "different seeds must initialise differently"
+    per_seed = [s["test"]["token_accuracy"] for s in result["per_seed"]]
+    assert result["test"]["token_accuracy"] == pytest.approx(sum(per_seed) / 2)
 
 
 def test_sigkilled_run_resumes_from_checkpoint_with_identical_losses(tmp_path: Path):
     params = tiny_params({"studies": {"toy": {"train": {"max_steps": 400, "checkpoint_every": 25, "eval_every": 200}}}})
-    for scale in ("smoke", "full"):
-        params["scales"][scale]["studies"]["toy"]["train"].update(max_steps=400, checkpoint_every=25, eval_every=200)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     for folder in (straight, killed):
         folder.mkdir()
@@ -65,7 +80,7 @@ def test_sigkilled_run_resumes_from_checkpoint_with_identical_losses(tmp_path: P
         [sys.executable, "-m", "tdiag", "train", "toy", "copy", "--threads", "1"],
         cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    metrics = killed / RUN / "metrics.jsonl"
+    metrics = killed / SEED0 / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if metrics.exists() and metrics.read_text().count('"kind": "train"') >= 60:
@@ -80,11 +95,11 @@ def test_sigkilled_run_resumes_from_checkpoint_with_identical_losses(tmp_path: P
     resumed = tdiag("train", "toy", "copy", "--threads", "1", cwd=killed)
     checkpoint_step = (steps_before_kill // 25) * 25
     assert f"resuming from checkpoint at step {checkpoint_step}" in resumed.stderr
-    assert f"resuming from checkpoint at step {checkpoint_step}" in (killed / RUN / "log").read_text()
+    assert f"resuming from checkpoint at step {checkpoint_step}" in (killed / SEED0 / "log").read_text()
 
     assert [r["step"] for r in records(killed)] == list(range(1, 401))
     assert [r["loss"] for r in records(killed)] == [r["loss"] for r in records(straight)]
-    assert summary(killed)["resumed_from"] == [checkpoint_step]
+    assert summary(killed)["per_seed"][0]["resumed_from"] == [checkpoint_step]
     assert summary(killed)["test"] == summary(straight)["test"]
 
 
@@ -92,7 +107,7 @@ def test_rerun_of_finished_run_with_new_config_starts_over(tiny_project: Path):
     tdiag("train", "toy", "copy", cwd=tiny_project)
     again = tdiag("--set", "studies.toy.train.lr=0.001", "train", "toy", "copy", cwd=tiny_project)
     assert "different configuration: starting from step 0" in again.stderr
-    assert summary(tiny_project)["resumed_from"] == []
+    assert summary(tiny_project)["per_seed"][0]["resumed_from"] == []
 
 
 def test_nan_loss_marks_run_diverged_and_the_stage_succeeds(tiny_project: Path):
@@ -100,7 +115,8 @@ def test_nan_loss_marks_run_diverged_and_the_stage_succeeds(tiny_project: Path):
                "--set", "studies.toy.train.clip_grad_norm=null", "--set", "studies.toy.train.schedule=constant"]
     done = tdiag(*blow_up, "train", "toy", "copy", cwd=tiny_project)
     assert done.returncode == 0
-    result = summary(tiny_project)
+    assert summary(tiny_project)["status"] == "diverged"
+    result = summary(tiny_project)["per_seed"][0]
     assert result["status"] == "diverged"
     assert 1 <= result["diverged_step"] < 60 and result["steps"] == result["diverged_step"] - 1
     last = records(tiny_project)[-1]
@@ -141,4 +157,4 @@ def test_committed_smoke_config_learns_copy_to_exact_match_1(tmp_path: Path):
     tdiag("--set", "scale=smoke", "train", "toy", "copy", cwd=tmp_path)
     result = summary(tmp_path)
     assert result["status"] == "completed"
-    assert result["test"]["exact_match"] == 1.0 and result["test"]["examples"] == 1000
+    assert result["test"]["exact_match"] == 1.0 and result["per_seed"][0]["test"]["examples"] == 1000

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import hashlib
+import itertools
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
@@ -33,30 +34,68 @@ class Frozen(BaseModel):
 # --------------------------------------------------------------------------- data
 
 
-class CopyTaskConfig(Frozen):
-    """Copy task: `[<go>, x_1..x_L, <stop>] -> the same sequence`."""
-
-    task: Literal["copy"] = "copy"
-    vocab_size: Annotated[int, Field(ge=4)] = 20
-    content_length: Annotated[int, Field(ge=1)] = 4
+class _SplitSizes(Frozen):
     n_train: Annotated[int, Field(ge=1)] = 20000
     n_valid: Annotated[int, Field(ge=1)] = 500
     n_test: Annotated[int, Field(ge=1)] = 1000
     seed: int = 1
 
+
+class SymbolTaskConfig(_SplitSizes):
+    """Integer-sequence tasks over content symbols 3..vocab_size-1 (data/synthetic.py).
+
+    copy: target = source; reverse: content reversed; structured: content is a run of
+    consecutive symbols from a random start, target = source; pairwise_sum:
+    y_k = x_k + x_(k-1) with x_0 = the <go> id 1 (the target vocabulary grows to fit).
+    """
+
+    task: Literal["copy", "reverse", "structured", "pairwise_sum"] = "copy"
+    vocab_size: Annotated[int, Field(ge=4)] = 20
+    content_length: Annotated[int, Field(ge=1)] = 4
+
+    def distinct_sources(self) -> int:
+        symbols = self.vocab_size - 3
+        if self.task == "structured":
+            return max(symbols - self.content_length + 1, 0)
+        return symbols**self.content_length
+
     @model_validator(mode="after")
-    def _enough_distinct(self) -> "CopyTaskConfig":
-        distinct = (self.vocab_size - 3) ** self.content_length
-        wanted = self.n_train + self.n_valid + self.n_test
-        if wanted > distinct:
+    def _room_for_training(self) -> "SymbolTaskConfig":
+        distinct, held_out = self.distinct_sources(), self.n_valid + self.n_test
+        if held_out >= distinct:
             raise ValueError(
-                f"n_train + n_valid + n_test = {wanted} exceeds the {distinct} distinct sequences "
-                f"of length {self.content_length} over {self.vocab_size - 3} symbols"
+                f"n_valid + n_test = {held_out} leaves nothing to train on: the {self.task} task has "
+                f"{distinct} distinct sequences of length {self.content_length} over {self.vocab_size - 3} symbols"
             )
         return self
 
 
-DatasetConfig = Annotated[Union[CopyTaskConfig], Field(discriminator="task")]
+class PolynomialTaskConfig(_SplitSizes):
+    """Character level: a product of two linear factors -> its expansion, e.g.
+    `(7-3*z)*(-5*z-9) -> 15*z**2-8*z-63` (checked with sympy)."""
+
+    task: Literal["polynomial"] = "polynomial"
+    variables: Annotated[str, Field(min_length=1, pattern="^[a-z]+$")] = "abcxyz"
+    max_coefficient: Annotated[int, Field(ge=1, le=99)] = 9
+
+
+class DatesTaskConfig(_SplitSizes):
+    """Character level: a date in one of many human formats -> ISO `YYYY-MM-DD`."""
+
+    task: Literal["dates"] = "dates"
+    first_year: Annotated[int, Field(ge=1000, le=9999)] = 1950
+    last_year: Annotated[int, Field(ge=1000, le=9999)] = 2049
+
+    @model_validator(mode="after")
+    def _years_ordered(self) -> "DatesTaskConfig":
+        if self.last_year < self.first_year:
+            raise ValueError(f"last_year ({self.last_year}) is before first_year ({self.first_year})")
+        return self
+
+
+DatasetConfig = Annotated[
+    Union[SymbolTaskConfig, PolynomialTaskConfig, DatesTaskConfig], Field(discriminator="task")
+]
 
 
 # -------------------------------------------------------------------------- model
@@ -72,22 +111,38 @@ class InitConfig(Frozen):
 
 
 class ModelConfig(Frozen):
-    arch: Literal["encoder_decoder"] = "encoder_decoder"
+    """One model family per `arch`; keys a family does not use are ignored by it.
+
+    encoder_decoder: n_encoder_layers + n_decoder_layers; gpt (decoder-only LM) and
+    lstm (LSTM LM): n_layers. d_model is the embedding width of every family;
+    hidden_size is the LSTM's state width (default d_model).
+    """
+
+    arch: Literal["encoder_decoder", "gpt", "lstm"] = "encoder_decoder"
     d_model: Annotated[int, Field(ge=1)] = 64
     n_heads: Annotated[int, Field(ge=1)] = 2
     n_encoder_layers: Annotated[int, Field(ge=1)] = 2
     n_decoder_layers: Annotated[int, Field(ge=1)] = 2
+    n_layers: Annotated[int, Field(ge=1)] = 2
+    hidden_size: Optional[Annotated[int, Field(ge=1)]] = None
+    tie_embeddings: bool = False
+    lstm_impl: Literal["fused", "scratch"] = "fused"
     d_ff: Annotated[int, Field(ge=1)] = 256
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     attention: Literal["manual", "sdpa"] = "sdpa"
     norm: Literal["pre", "post"] = "pre"
     positions: Literal["learned", "sinusoidal"] = "learned"
     max_len: Annotated[int, Field(ge=2)] = 64
+    """Longest sequence the position table covers (transformers)."""
     init: InitConfig = InitConfig()
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> "ModelConfig":
-        if self.d_model % self.n_heads:
+    def _consistent(self) -> "ModelConfig":
+        if self.arch == "lstm" and self.tie_embeddings and self.hidden_size not in (None, self.d_model):
+            raise ValueError(
+                f"tie_embeddings needs hidden_size == d_model for an LSTM (got {self.hidden_size} and {self.d_model})"
+            )
+        if self.arch != "lstm" and self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
             )
@@ -99,8 +154,8 @@ class ModelConfig(Frozen):
 
 class TrainConfig(Frozen):
     optimizer: Literal["sgd", "momentum", "adam", "adamw"] = "adam"
-    lr: Annotated[float, Field(gt=0)] = 1e-3
-    """Peak learning rate, reached at the end of warmup for every schedule."""
+    lr: Annotated[float, Field(gt=0)] = 1.0
+    """noam: the factor of Vaswani et al.'s eq. 3 (1.0 in the paper); cosine, constant: the peak rate."""
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     betas: tuple[float, float] = (0.9, 0.98)
     eps: Annotated[float, Field(gt=0)] = 1e-9
@@ -136,19 +191,77 @@ class RunConfig(Frozen):
     dataset: str
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    seeds: Annotated[int, Field(ge=1)] = 1
+    """Seeds train.seed, train.seed + 1, ...: each trains in its own `seed-<n>/` folder."""
+    grid: Optional[str] = None
+    variant: dict[str, Any] = {}
+    """For a grid run: the varied keys (dotted paths) and this run's values."""
 
     def digest(self, extra: Any = None) -> str:
         """Identity of the run's configuration (and `extra`, e.g. its dataset's config)."""
-        text = json.dumps([self.model_dump(mode="json"), extra], sort_keys=True)
+        text = json.dumps([self.model_dump(mode="json", exclude={"seeds"}), extra], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def seed_values(self) -> list[int]:
+        return [self.train.seed + i for i in range(self.seeds)]
+
+
+class GridConfig(Frozen):
+    """An ablation grid: every combination of `vary` values, on each of `datasets`.
+
+    Runs are named `<grid>-<dataset>-<n>` (n = 1.. in combination order), so a scale
+    may change the values but not the number of runs; the values themselves are kept
+    in each run's `variant` for the report.
+    """
+
+    datasets: Optional[Annotated[list[str], Field(min_length=1)]] = None
+    """Default: the study's dataset."""
+    vary: Annotated[dict[str, Annotated[list[Any], Field(min_length=1)]], Field(min_length=1)]
+    """Dotted key (e.g. train.warmup_steps) -> values; the grid is their product."""
+    overrides: dict[str, Any] = {}
+    """Applied to every run of the grid before the varied values (same keys as a run)."""
 
 
 class StudyConfig(Frozen):
     dataset: Optional[str] = None
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
-    runs: dict[str, dict[str, Any]] = Field(min_length=1)
-    """Run name -> overrides of the study's defaults (same keys: dataset, model, train)."""
+    seeds: Annotated[int, Field(ge=1)] = 1
+    runs: dict[str, dict[str, Any]] = {}
+    """Run name -> overrides of the study's defaults (same keys: dataset, model, train, seeds)."""
+    grids: dict[str, GridConfig] = {}
+
+    @model_validator(mode="after")
+    def _has_runs(self) -> "StudyConfig":
+        if not self.runs and not self.grids:
+            raise ValueError("a study needs at least one entry under runs or grids")
+        self.run_overrides()  # refuses a grid run name that collides with another run
+        return self
+
+    def run_overrides(self) -> dict[str, tuple[str, dict]]:
+        """Every run name -> (where it is defined, its overrides of the study defaults)."""
+        out = {name: (f"runs.{name}", overrides) for name, overrides in self.runs.items()}
+        for grid_name, grid in self.grids.items():
+            keys = list(grid.vary)
+            for dataset in grid.datasets or [self.dataset]:
+                for n, values in enumerate(itertools.product(*grid.vary.values()), start=1):
+                    name = f"{grid_name}-{dataset}-{n}" if grid.datasets and len(grid.datasets) > 1 else f"{grid_name}-{n}"
+                    overrides = deep_merge(grid.overrides, {"grid": grid_name, "variant": dict(zip(keys, values))})
+                    if dataset:
+                        overrides["dataset"] = dataset
+                    for key, value in zip(keys, values):
+                        overrides = deep_merge(overrides, _nested(key, value))
+                    if name in out:
+                        raise ValueError(f"run name '{name}' of grid '{grid_name}' is also defined elsewhere")
+                    out[name] = (f"grids.{grid_name}", overrides)
+        return out
+
+
+def _nested(dotted: str, value: Any) -> dict:
+    node: Any = value
+    for part in reversed(dotted.split(".")):
+        node = {part: node}
+    return node
 
 
 # -------------------------------------------------------------------------- top
@@ -177,6 +290,9 @@ class Config(Frozen):
 
     def run(self, study: str, run: str) -> RunConfig:
         return resolve_run(self, study, run)
+
+    def run_names(self, study: str) -> list[str]:
+        return list(self.studies[study].run_overrides())
 
     @property
     def mirror(self) -> Optional[Path]:
@@ -220,7 +336,8 @@ def _union_members(annotation: Any) -> dict:
     members = {}
     for member in candidates:
         if isinstance(member, type) and issubclass(member, BaseModel) and "task" in member.model_fields:
-            members[member.model_fields["task"].default] = member
+            for tag in get_args(member.model_fields["task"].annotation):
+                members[tag] = member
     return members
 
 
@@ -321,44 +438,55 @@ def resolve_scale(requested: str) -> str:
     return requested
 
 
-def validate(raw: Any, *, env: Optional[dict] = None) -> Config:
-    """Validate a parsed params mapping (with overrides applied) into a frozen Config."""
+def validate(raw: Any, overrides: list[str] = (), *, env: Optional[dict] = None) -> Config:
+    """Validate a parsed params mapping into a frozen Config.
+
+    `overrides` (`key.path=value`) win over both the file and its `scales` section.
+    Both scale sections are checked, runs included, so a typo in the section not in
+    use fails now rather than on another machine.
+    """
     env = os.environ if env is None else env
     if not isinstance(raw, dict):
         raise ConfigError("params must be a mapping of sections (scale, data, datasets, studies, ...)")
     if "resolved_scale" in raw:
         raise ConfigError("unknown key 'resolved_scale' (it is computed, not set)")
+    raw = apply_overrides(raw, list(overrides))  # so `--set scale=...` picks the scale
+    sections = raw.get("scales") or {}
+    if not isinstance(sections, dict):
+        raise ConfigError("bad value for 'scales': must be a mapping of smoke/full sections")
+    file_only = {k: v for k, v in raw.items() if k != "scales"}
     base = _validated(raw, "")
+    _resolve_all(base, "")
     for scale in SCALES:
-        section = raw.get("scales", {}).get(scale, {}) or {}
+        section = sections.get(scale) or {}
         if not isinstance(section, dict):
             raise ConfigError(f"bad value for 'scales.{scale}': must be a mapping")
-        merged = deep_merge({k: v for k, v in raw.items() if k != "scales"}, section)
+        merged = apply_overrides(deep_merge(file_only, section), list(overrides))
         _validated(merged, f"scales.{scale}", keys_in=section)
         cfg = _validated(merged, "")
         if _run_names(cfg) != _run_names(base):
-            raise ConfigError(
-                f"'scales.{scale}' may change sizes but not which datasets, studies or runs exist"
-            )
+            raise ConfigError(f"'scales.{scale}' may change sizes but not which datasets, studies or runs exist")
+        # The file's runs resolved above, so a failure here comes from this section.
+        _resolve_all(cfg, f"scales.{scale}.")
     chosen = resolve_scale(base.scale)
-    section = raw.get("scales", {}).get(chosen, {}) or {}
-    merged = deep_merge({k: v for k, v in raw.items() if k != "scales"}, section)
-    merged["scales"] = raw.get("scales", {})
+    merged = apply_overrides(deep_merge(file_only, sections.get(chosen) or {}), list(overrides))
+    merged["scales"] = sections
     merged["resolved_scale"] = chosen
     if env.get(MIRROR_ENV):
-        merged.setdefault("data", {})
-        merged["data"] = {**(merged["data"] or {}), "mirror": env[MIRROR_ENV]}
-    cfg = _validated(merged, "")
+        merged["data"] = {**(merged.get("data") or {}), "mirror": env[MIRROR_ENV]}
+    return _validated(merged, "")
+
+
+def _resolve_all(cfg: Config, prefix: str) -> None:
     for study in cfg.studies:
-        for run in cfg.studies[study].runs:
-            resolve_run(cfg, study, run)
-    return cfg
+        for run in cfg.studies[study].run_overrides():
+            resolve_run(cfg, study, run, prefix)
 
 
 def _run_names(cfg: Config) -> tuple:
     return (
         tuple(sorted(cfg.datasets)),
-        tuple(sorted((s, tuple(sorted(st.runs))) for s, st in cfg.studies.items())),
+        tuple(sorted((s, tuple(sorted(st.run_overrides()))) for s, st in cfg.studies.items())),
     )
 
 
@@ -366,7 +494,7 @@ def _validated(raw: dict, prefix: str, keys_in: Optional[dict] = None) -> Config
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
-        loc = err.errors()[0]["loc"]
+        loc, _ = _walk(tuple(err.errors()[0]["loc"]), Config)
         # Report the error under `scales.<scale>` only when that section set the key.
         node, inside = keys_in, keys_in is not None
         for part in loc:
@@ -377,22 +505,26 @@ def _validated(raw: dict, prefix: str, keys_in: Optional[dict] = None) -> Config
         raise ConfigError(_format_error(err, prefix if inside else "", Config)) from None
 
 
-def resolve_run(cfg: Config, study: str, run: str) -> RunConfig:
-    """Study defaults merged with the run's overrides, validated as a RunConfig."""
+def resolve_run(cfg: Config, study: str, run: str, prefix: str = "") -> RunConfig:
+    """Study defaults merged with the run's overrides, validated as a RunConfig.
+
+    `prefix` goes before the key path in errors (e.g. `scales.full.`)."""
     if study not in cfg.studies:
         raise ConfigError(f"unknown study '{study}'; studies: {', '.join(cfg.studies)}")
     st = cfg.studies[study]
-    if run not in st.runs:
-        raise ConfigError(f"unknown run '{run}' in study '{study}'; runs: {', '.join(st.runs)}")
-    defaults = st.model_dump(mode="json", exclude={"runs"}, exclude_none=True)
-    merged = deep_merge(defaults, st.runs[run])
+    runs = st.run_overrides()
+    if run not in runs:
+        raise ConfigError(f"unknown run '{run}' in study '{study}'; runs: {', '.join(runs)}")
+    where, overrides = runs[run]
+    defaults = st.model_dump(mode="json", exclude={"runs", "grids"}, exclude_none=True)
+    merged = deep_merge(defaults, overrides)
     try:
         rc = RunConfig.model_validate(merged)
     except ValidationError as err:
-        raise ConfigError(_format_error(err, f"studies.{study}.runs.{run}", RunConfig)) from None
+        raise ConfigError(_format_error(err, f"{prefix}studies.{study}.{where}", RunConfig)) from None
     if rc.dataset not in cfg.datasets:
         raise ConfigError(
-            f"bad value {rc.dataset!r} for 'studies.{study}.runs.{run}.dataset'; "
+            f"bad value {rc.dataset!r} for '{prefix}studies.{study}.{where}.dataset'; "
             f"allowed: {', '.join(cfg.datasets)}"
         )
     return rc
@@ -408,8 +540,7 @@ def load(path: str | Path = "params.yaml", overrides: list[str] = (), *, env: Op
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
-    raw = apply_overrides(raw or {}, list(overrides))
     try:
-        return validate(raw, env=env)
+        return validate(raw or {}, overrides, env=env)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None

@@ -27,25 +27,34 @@ def run_dir(study: str, run: str) -> Path:
     return RESULTS / "runs" / study / run
 
 
-def run_config(study: str, run: str) -> Path:
-    return run_dir(study, run) / "config.json"
-
-
-def run_metrics(study: str, run: str) -> Path:
-    return run_dir(study, run) / "metrics.jsonl"
-
-
-def run_checkpoint(study: str, run: str) -> Path:
-    return run_dir(study, run) / "checkpoint.pt"
-
-
 def run_summary(study: str, run: str) -> Path:
-    """Written last by a training run: its presence means the run finished."""
+    """Written last by a training stage, after every seed: its presence means the run finished."""
     return run_dir(study, run) / "summary.json"
 
 
-def run_log(study: str, run: str) -> Path:
-    return run_dir(study, run) / "log"
+def seed_dir(study: str, run: str, seed: int) -> Path:
+    return run_dir(study, run) / f"seed-{seed}"
+
+
+def seed_config(study: str, run: str, seed: int) -> Path:
+    return seed_dir(study, run, seed) / "config.json"
+
+
+def seed_metrics(study: str, run: str, seed: int) -> Path:
+    return seed_dir(study, run, seed) / "metrics.jsonl"
+
+
+def seed_checkpoint(study: str, run: str, seed: int) -> Path:
+    return seed_dir(study, run, seed) / "checkpoint.pt"
+
+
+def seed_summary(study: str, run: str, seed: int) -> Path:
+    """Written last by one seed's training: its presence means that seed finished."""
+    return seed_dir(study, run, seed) / "summary.json"
+
+
+def seed_log(study: str, run: str, seed: int) -> Path:
+    return seed_dir(study, run, seed) / "log"
 
 
 def study_table(study: str) -> Path:

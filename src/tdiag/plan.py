@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,10 +37,10 @@ TRAIN_CODE = _code(
     "models/init.py",
     "models/transformer.py",
     "train/checkpoint.py",
-    "train/evaluate.py",
     "train/loop.py",
     "train/metrics.py",
     "train/optim.py",
+    "train/seq2seq.py",
 )
 REPORT_CODE = _code("report/collect.py", "report/figures.py", "report/render.py")
 INDEX_CODE = _code("report/index.py", "report/render.py")
@@ -89,18 +90,19 @@ def _dataset_files(dataset: str) -> tuple[str, ...]:
 
 
 def _study_stages(cfg: Config, study: str) -> list[Stage]:
-    stages, summaries, metrics = [], [], []
-    for run in cfg.studies[study].runs:
+    stages, summaries = [], []
+    for run in cfg.run_names(study):
         rc = cfg.run(study, run)
-        summary, run_metrics = str(paths.run_summary(study, run)), str(paths.run_metrics(study, run))
+        summary = str(paths.run_summary(study, run))
         summaries.append(summary)
-        metrics.append(run_metrics)
         stages.append(
             Stage(
-                name=f"train_{study}_{run}",
+                name=f"train_{study}_{_identifier(run)}",
                 args=("train", study, run),
                 deps=_dataset_files(rc.dataset) + TRAIN_CODE,
-                outs=(str(paths.run_config(study, run)), run_metrics, summary),
+                # Per-seed folders (metrics, checkpoints) are the stage's working files;
+                # the run summary, written after every seed, is its declared output.
+                outs=(summary,),
                 params=(f"studies.{study}", "scale", "scales"),
                 metrics=(summary,),
                 gpu=True,
@@ -112,7 +114,7 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
         Stage(
             name=f"collect_{study}",
             args=("collect", study),
-            deps=tuple(summaries) + tuple(metrics) + _code("report/collect.py"),
+            deps=tuple(summaries) + _code("report/collect.py"),
             outs=(table,),
         )
     )
@@ -120,11 +122,16 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
         Stage(
             name=f"report_{study}",
             args=("report", study),
-            deps=(table, str(paths.notebook(study))) + tuple(metrics) + REPORT_CODE,
+            deps=(table, str(paths.notebook(study))) + tuple(summaries) + REPORT_CODE,
             outs=(str(paths.executed_notebook(study)), str(paths.report_page(study))),
         )
     )
     return stages
+
+
+def _identifier(name: str) -> str:
+    """Run names may hold '-' and '.'; stage (rule) names must be identifiers."""
+    return re.sub(r"\W", "_", name)
 
 
 def stages(cfg: Config) -> list[Stage]:

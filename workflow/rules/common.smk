@@ -16,6 +16,7 @@ except tdiag_config.ConfigError as err:
 
 STAGES = plan.stages(CFG)
 TDIAG = [sys.executable, "-m", "tdiag"] + [arg for o in OVERRIDES for arg in ("--set", o)]
-# CPU threads for a training job; on CPU-only machines this also keeps two trainings
-# from fighting over the same cores.
-TRAIN_THREADS = 2
+# CPU threads per training job. The study's models are small enough that a step is
+# dominated by per-op overhead, not arithmetic: one thread per job and one job per
+# core is measured faster than two threads per job (see benchmarks/RESULTS.md).
+TRAIN_THREADS = 1

@@ -1,80 +1,159 @@
 """Seeded synthetic seq2seq datasets with disjoint train/valid/test splits.
 
-Token ids: 0 = <pad>, 1 = <go>, 2 = <stop>, content symbols from 3. Every example is
-`{"src": [1, ..., 2], "tgt": [1, ..., 2]}`; splits hold distinct sources, so no
-held-out sequence is ever seen in training.
+Token ids: 0 = <pad>, 1 = <go>, 2 = <stop>, then the task's symbols. Every example is
+`{"src": [1, ..., 2], "tgt": [1, ..., 2]}`. Held-out (valid, test) sources are
+distinct and never appear in train; train draws distinct sources while the task has
+enough of them and repeats sources only when its space is smaller than `n_train`.
 """
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Iterator
 
 from tdiag import atomic, paths
-from tdiag.config import CopyTaskConfig
+from tdiag.config import DatasetConfig, DatesTaskConfig, PolynomialTaskConfig, SymbolTaskConfig
+from tdiag.data import dates, polynomial
 
 PAD, GO, STOP = 0, 1, 2
-FIRST_SYMBOL = 3
+SPECIALS = ["<pad>", "<go>", "<stop>"]
+FIRST_SYMBOL = len(SPECIALS)
 
 Example = dict[str, list[int]]
+Splits = dict[str, list[Example]]
 
 
-def _distinct_contents(n: int, n_symbols: int, length: int, rng: random.Random) -> list[list[int]]:
-    """`n` distinct symbol strings, drawn uniformly without replacement.
-
-    Sampling integer codes from range(n_symbols ** length) avoids materialising the
-    space and guarantees distinctness (random.sample on a range is O(n)).
-    """
-    codes = rng.sample(range(n_symbols**length), n)
-    contents = []
-    for code in codes:
-        digits = []
-        for _ in range(length):
-            code, digit = divmod(code, n_symbols)
-            digits.append(FIRST_SYMBOL + digit)
-        contents.append(digits)
-    return contents
+# ------------------------------------------------------------------ symbol tasks
 
 
-def copy_task(cfg: CopyTaskConfig) -> dict[str, list[Example]]:
+def _content(cfg: SymbolTaskConfig, code: int) -> list[int]:
+    """The content sequence numbered `code` in the task's space of distinct sources."""
+    symbols = cfg.vocab_size - FIRST_SYMBOL
+    if cfg.task == "structured":
+        return list(range(FIRST_SYMBOL + code, FIRST_SYMBOL + code + cfg.content_length))
+    digits = []
+    for _ in range(cfg.content_length):
+        code, digit = divmod(code, symbols)
+        digits.append(FIRST_SYMBOL + digit)
+    return digits
+
+
+def _target(cfg: SymbolTaskConfig, content: list[int]) -> list[int]:
+    if cfg.task in ("copy", "structured"):
+        return content
+    if cfg.task == "reverse":
+        return content[::-1]
+    if cfg.task == "pairwise_sum":
+        previous = [GO, *content[:-1]]  # x_0 is the <go> value 1
+        return [x + p for x, p in zip(content, previous)]
+    raise ValueError(f"unknown symbol task {cfg.task!r}")
+
+
+def target_vocab_size(cfg: SymbolTaskConfig) -> int:
+    """Pairwise sums reach 2 * (vocab_size - 1); every other task keeps the source vocabulary."""
+    return 2 * (cfg.vocab_size - 1) + 1 if cfg.task == "pairwise_sum" else cfg.vocab_size
+
+
+def _symbol_splits(cfg: SymbolTaskConfig) -> Splits:
     rng = random.Random(cfg.seed)
-    contents = _distinct_contents(cfg.n_train + cfg.n_valid + cfg.n_test, cfg.vocab_size - 3, cfg.content_length, rng)
-    examples = [{"src": [GO, *c, STOP], "tgt": [GO, *c, STOP]} for c in contents]
-    return _split(examples, cfg.n_train, cfg.n_valid)
+    distinct = cfg.distinct_sources()
+    held_out = cfg.n_valid + cfg.n_test
+    n_distinct_train = min(cfg.n_train, distinct - held_out)
+    # random.sample over a range is O(k): the space is never materialised.
+    codes = rng.sample(range(distinct), held_out + n_distinct_train)
+    train_codes = codes[held_out:]
+    train_codes += [rng.choice(train_codes) for _ in range(cfg.n_train - n_distinct_train)]
 
+    def example(code: int) -> Example:
+        content = _content(cfg, code)
+        return {"src": [GO, *content, STOP], "tgt": [GO, *_target(cfg, content), STOP]}
 
-def _split(examples: list[Example], n_train: int, n_valid: int) -> dict[str, list[Example]]:
     return {
-        "train": examples[:n_train],
-        "valid": examples[n_train : n_train + n_valid],
-        "test": examples[n_train + n_valid :],
+        "train": [example(c) for c in train_codes],
+        "valid": [example(c) for c in codes[: cfg.n_valid]],
+        "test": [example(c) for c in codes[cfg.n_valid : held_out]],
     }
 
 
-GENERATORS = {"copy": copy_task}
+def _symbol_vocabularies(cfg: SymbolTaskConfig) -> tuple[list[str], list[str]]:
+    def tokens(size: int) -> list[str]:
+        return SPECIALS + [str(i) for i in range(FIRST_SYMBOL, size)]
+
+    return tokens(cfg.vocab_size), tokens(target_vocab_size(cfg))
 
 
-def vocab_sizes(cfg: CopyTaskConfig) -> tuple[int, int]:
-    """(source, target) vocabulary sizes, special tokens included."""
-    return cfg.vocab_size, cfg.vocab_size
+# -------------------------------------------------------------- character tasks
+
+def _text_splits(cfg, pairs: Iterator[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """Distinct held-out sources first, then train pairs whose source is not held out."""
+    held_out: dict[str, str] = {}
+    wanted = cfg.n_valid + cfg.n_test
+    attempts_left = 100 * (wanted + cfg.n_train)
+    for source, target in pairs:
+        attempts_left -= 1
+        if attempts_left < 0:
+            raise ValueError(f"{cfg.task}: could not draw {wanted} distinct held-out examples")
+        held_out.setdefault(source, target)
+        if len(held_out) == wanted:
+            break
+    train = []
+    for source, target in pairs:
+        attempts_left -= 1
+        if attempts_left < 0:
+            raise ValueError(f"{cfg.task}: could not draw {cfg.n_train} training examples unseen in held-out data")
+        if source not in held_out:
+            train.append((source, target))
+            if len(train) == cfg.n_train:
+                break
+    ordered = list(held_out.items())
+    return {"train": train, "valid": ordered[: cfg.n_valid], "test": ordered[cfg.n_valid :]}
 
 
-def generate(cfg: CopyTaskConfig) -> dict[str, list[Example]]:
-    return GENERATORS[cfg.task](cfg)
+def _char_splits(cfg, pairs: Iterator[tuple[str, str]]) -> tuple[Splits, list[str]]:
+    text = _text_splits(cfg, pairs)
+    chars = sorted({ch for split in text.values() for pair in split for s in pair for ch in s})
+    tokens = SPECIALS + chars
+    ids = {ch: i for i, ch in enumerate(tokens)}
+
+    def encode(s: str) -> list[int]:
+        return [GO, *(ids[ch] for ch in s), STOP]
+
+    splits = {name: [{"src": encode(s), "tgt": encode(t)} for s, t in pairs_] for name, pairs_ in text.items()}
+    return splits, tokens
 
 
-def write_dataset(name: str, cfg: CopyTaskConfig, root: Path = Path(".")) -> dict:
+# ------------------------------------------------------------------------ entry
+
+
+def generate(cfg: DatasetConfig) -> tuple[Splits, list[str], list[str]]:
+    """(splits, source tokens, target tokens) for a dataset config; token index = id."""
+    if isinstance(cfg, SymbolTaskConfig):
+        return (_symbol_splits(cfg), *_symbol_vocabularies(cfg))
+    rng = random.Random(cfg.seed)
+    if isinstance(cfg, PolynomialTaskConfig):
+        splits, tokens = _char_splits(cfg, polynomial.pairs(cfg, rng))
+    elif isinstance(cfg, DatesTaskConfig):
+        splits, tokens = _char_splits(cfg, dates.pairs(cfg, rng))
+    else:
+        raise ValueError(f"unknown dataset task {cfg.task!r}")
+    return splits, tokens, tokens
+
+
+def write_dataset(name: str, cfg: DatasetConfig, root: Path = Path(".")) -> dict:
     """Generate and write `<split>.jsonl` files and `meta.json` (last) for dataset `name`."""
-    splits = generate(cfg)
+    splits, src_tokens, tgt_tokens = generate(cfg)
     for split, examples in splits.items():
         atomic.write_jsonl(root / paths.synthetic_split(name, split), examples)
-    src_vocab, tgt_vocab = vocab_sizes(cfg)
     every = [ex for examples in splits.values() for ex in examples]
     meta = {
         "name": name,
         "config": cfg.model_dump(mode="json"),
-        "src_vocab_size": src_vocab,
-        "tgt_vocab_size": tgt_vocab,
+        "src_vocab_size": len(src_tokens),
+        "tgt_vocab_size": len(tgt_tokens),
+        "src_tokens": src_tokens,
+        "tgt_tokens": tgt_tokens,
+        "character_level": not isinstance(cfg, SymbolTaskConfig),
         "pad_id": PAD,
         "go_id": GO,
         "stop_id": STOP,

@@ -1,4 +1,4 @@
-"""Load a study's runs into DataFrames: one row per run, and one row per metric record."""
+"""Load a study's runs into DataFrames: one row per (run, seed), and one row per metric record."""
 
 from __future__ import annotations
 
@@ -22,51 +22,75 @@ def _flatten(prefix: str, obj: dict) -> dict:
     return out
 
 
-def _run_names(root: Path, study: str) -> list[str]:
+def _finished_runs(root: Path, study: str) -> list[dict]:
     folder = root / paths.RESULTS / "runs" / study
-    return sorted(p.name for p in folder.iterdir() if (p / "summary.json").exists()) if folder.exists() else []
+    if not folder.exists():
+        return []
+    return [
+        json.loads((p / "summary.json").read_text())
+        for p in sorted(folder.iterdir())
+        if (p / "summary.json").exists()
+    ]
 
 
 def load_runs(root: str | Path, study: str) -> pd.DataFrame:
-    """One row per finished run: summary metrics, status, and the run's resolved config."""
+    """One row per finished (run, seed): status, held-out metrics, variant and resolved config."""
     root = Path(root)
     rows = []
-    for run in _run_names(root, study):
-        summary = json.loads((root / paths.run_summary(study, run)).read_text())
-        provenance = json.loads((root / paths.run_config(study, run)).read_text())
-        row = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
-        for split in ("test", "valid"):
-            row.update(_flatten(f"{split}.", summary.get(split) or {}))
-        row.update(_flatten("config.", provenance["config"]))
-        row.update(
-            scale=provenance["scale"],
-            device=provenance["device"],
-            parameters=provenance["parameters"],
-            git_commit=provenance["git"]["commit"],
-            python=provenance["python"],
-            torch=provenance["packages"]["torch"],
-            cpu=provenance["hardware"].get("cpu_model"),
-            gpus=", ".join(provenance["hardware"].get("gpus") or []) or None,
-        )
-        rows.append(row)
+    for run_summary in _finished_runs(root, study):
+        run = run_summary["run"]
+        for seed_summary in run_summary["per_seed"]:
+            seed = seed_summary["seed"]
+            provenance = json.loads((root / paths.seed_config(study, run, seed)).read_text())
+            row = {k: v for k, v in seed_summary.items() if not isinstance(v, (dict, list))}
+            for split in ("test", "valid"):
+                row.update(_flatten(f"{split}.", seed_summary.get(split) or {}))
+            row.update(
+                grid=run_summary["grid"],
+                dataset=run_summary["dataset"],
+                variant=", ".join(f"{k}={v}" for k, v in run_summary["variant"].items()) or None,
+                **_flatten("config.", provenance["config"]),
+                scale=provenance["scale"],
+                device_description=provenance["device"],
+                parameters=provenance["parameters"],
+                git_commit=provenance["git"]["commit"],
+                python=provenance["python"],
+                torch=provenance["packages"]["torch"],
+                cpu=provenance["hardware"].get("cpu_model"),
+                gpus=", ".join(provenance["hardware"].get("gpus") or []) or None,
+                started_at=provenance["started_at"],
+            )
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
 def load_metrics(root: str | Path, study: str) -> pd.DataFrame:
-    """Every per-step and evaluation record of the study's finished runs, with a `run` column."""
+    """Every per-step and evaluation record of the study's finished runs, with run and seed columns."""
     root = Path(root)
     frames = []
-    for run in _run_names(root, study):
-        lines = (root / paths.run_metrics(study, run)).read_text().splitlines()
-        frame = pd.DataFrame([json.loads(line) for line in lines if line.strip()])
-        frame.insert(0, "run", run)
-        frames.append(frame)
+    for run_summary in _finished_runs(root, study):
+        run = run_summary["run"]
+        for seed in run_summary["seeds"]:
+            lines = (root / paths.seed_metrics(study, run, seed)).read_text().splitlines()
+            frame = pd.DataFrame([json.loads(line) for line in lines if line.strip()])
+            frame.insert(0, "seed", seed)
+            frame.insert(0, "run", run)
+            frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load_samples(root: str | Path, study: str) -> pd.DataFrame:
+    """The sample decodes each run's first seed stored in its summary."""
+    rows = []
+    for run_summary in _finished_runs(Path(root), study):
+        first = run_summary["per_seed"][0]
+        rows += [{"run": run_summary["run"], **sample} for sample in first.get("samples", [])]
+    return pd.DataFrame(rows)
 
 
 def write_study_table(cfg: Config, study: str, root: Path = Path(".")) -> Path:
     runs = load_runs(root, study)
-    missing = sorted(set(cfg.studies[study].runs) - set(runs.get("run", [])))
+    missing = sorted(set(cfg.run_names(study)) - set(runs.get("run", [])))
     if missing:
         raise FileNotFoundError(f"study {study}: runs without summary.json: {', '.join(missing)}")
     out = root / paths.study_table(study)

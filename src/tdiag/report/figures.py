@@ -8,27 +8,32 @@ import seaborn as sns
 
 sns.set_theme(style="whitegrid", context="notebook")
 
+ACCURACIES = {"exact_match", "token_accuracy", "teacher_forced_exact_match"}
 
-def _diverged_marks(ax, metrics: pd.DataFrame, y: str) -> None:
-    """Mark each diverged run with an x at the step it diverged, so it is never silently dropped."""
+
+def _mark_diverged(ax, metrics: pd.DataFrame) -> None:
+    """An x at the step where a seed diverged, labelled: a diverged run is never silently dropped."""
     if "diverged" not in metrics:
         return
-    for _, rec in metrics[metrics["diverged"].fillna(False).astype(bool)].iterrows():
+    diverged = metrics[metrics["diverged"].eq(True)]
+    for _, rec in diverged.iterrows():
         ax.axvline(rec["step"], color="red", linestyle=":", linewidth=1)
-        ax.annotate(f"{rec['run']} diverged", (rec["step"], ax.get_ylim()[1]), color="red",
-                    fontsize=8, ha="right", va="top", rotation=90)
+        ax.annotate(f"{rec['run']} seed {rec['seed']} diverged", (rec["step"], ax.get_ylim()[1]),
+                    color="red", fontsize=8, ha="right", va="top", rotation=90)
 
 
 def eval_curves(metrics: pd.DataFrame, y: str = "exact_match", hue: str = "run", title: str | None = None):
-    """An evaluation metric against optimizer step, one line per `hue` value (band over the rest)."""
+    """An evaluation metric against optimizer step, one line per `hue` value with a
+    band over seeds (min to max)."""
     evals = metrics[metrics["kind"] == "eval"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    sns.lineplot(data=evals, x="step", y=y, hue=hue, marker="o", ax=ax)
-    if y in {"exact_match", "token_accuracy"}:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    sns.lineplot(data=evals, x="step", y=y, hue=hue, errorbar=("pi", 100), marker="o", markersize=3, ax=ax)
+    if y in ACCURACIES:
         ax.set_ylim(-0.02, 1.02)
     ax.set_title(title or f"validation {y.replace('_', ' ')} by step")
     ax.set_xlabel("optimizer step")
-    _diverged_marks(ax, metrics, y)
+    ax.legend(fontsize=8, title=hue)
+    _mark_diverged(ax, metrics)
     fig.tight_layout()
     return fig
 
@@ -36,24 +41,26 @@ def eval_curves(metrics: pd.DataFrame, y: str = "exact_match", hue: str = "run",
 def train_curves(metrics: pd.DataFrame, y: str = "loss", hue: str = "run", log_y: bool = True, title: str | None = None):
     """A per-step training record (loss, lr, grad_norm, ...) against step."""
     train = metrics[metrics["kind"] == "train"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    sns.lineplot(data=train, x="step", y=y, hue=hue, ax=ax, linewidth=1)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    sns.lineplot(data=train, x="step", y=y, hue=hue, errorbar=None, ax=ax, linewidth=1)
     if log_y:
         ax.set_yscale("log")
     ax.set_title(title or f"training {y.replace('_', ' ')} by step")
     ax.set_xlabel("optimizer step")
-    _diverged_marks(ax, metrics, y)
+    ax.legend(fontsize=8, title=hue)
+    _mark_diverged(ax, metrics)
     fig.tight_layout()
     return fig
 
 
 def activation_norms(metrics: pd.DataFrame, run: str):
-    """Per-layer mean activation norm against step for one run."""
+    """Per-layer mean activation norm against step for one run (its first seed)."""
     train = metrics[(metrics["kind"] == "train") & (metrics["run"] == run)]
-    columns = [c for c in train.columns if c.startswith("act_norm/")]
+    train = train[train["seed"] == train["seed"].min()]
+    columns = [c for c in train.columns if c.startswith("act_norm/") and train[c].notna().any()]
     long = train.melt(id_vars="step", value_vars=columns, var_name="layer", value_name="norm")
     long["layer"] = long["layer"].str.removeprefix("act_norm/")
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     sns.lineplot(data=long, x="step", y="norm", hue="layer", ax=ax, linewidth=1)
     ax.set_title(f"{run}: mean activation norm per layer output")
     ax.set_xlabel("optimizer step")
@@ -61,31 +68,72 @@ def activation_norms(metrics: pd.DataFrame, run: str):
     return fig
 
 
+def with_labels(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Metric records joined with each run's dataset, grid and variant label."""
+    labels = runs[["run", "dataset", "grid", "variant"]].drop_duplicates("run")
+    return metrics.merge(labels, on="run", how="left")
+
+
+def steps_to_threshold(metrics: pd.DataFrame, runs: pd.DataFrame, y: str = "exact_match", threshold: float = 0.99) -> pd.DataFrame:
+    """Per run: the median over seeds of the first eval step with `y` >= threshold, or
+    "not reached (best ...)", and each seed's fate (a diverged seed is listed as such)."""
+    evals = metrics[metrics["kind"] == "eval"]
+    rows = []
+    for run, group in runs.groupby("run", sort=False):
+        first = group.iloc[0]
+        reached, fates = [], []
+        for seed in group["seed"]:
+            seed_row = group[group["seed"] == seed].iloc[0]
+            curve = evals[(evals["run"] == run) & (evals["seed"] == seed)]
+            hit = curve[curve[y] >= threshold]
+            if seed_row["status"] == "diverged":
+                fates.append(f"seed {seed}: diverged at step {int(seed_row['diverged_step'])}")
+            elif len(hit):
+                reached.append(int(hit["step"].iloc[0]))
+            else:
+                fates.append(f"seed {seed}: best {curve[y].max():.3f}")
+        steps = f"{int(pd.Series(reached).median())}" if reached and not fates else (
+            "not reached" if not reached else f"{int(pd.Series(reached).median())} ({len(reached)}/{len(group)} seeds)"
+        )
+        rows.append({
+            "run": run,
+            "dataset": first["dataset"],
+            "variant": first["variant"] or "",
+            f"steps to {y.replace('_', ' ')} >= {threshold}": steps,
+            "other seeds": "; ".join(fates),
+            f"test {y.replace('_', ' ')} (mean over seeds)": group[f"test.{y}"].mean() if f"test.{y}" in group else None,
+            "test BLEU (mean)": group["test.bleu"].mean() if "test.bleu" in group else None,
+        })
+    return pd.DataFrame(rows).set_index("run")
+
+
 def run_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """The per-run results table: status, held-out scores, steps to exact match 1, cost."""
+    """The per-seed results table: status, held-out scores, steps, cost."""
     table = pd.DataFrame(
         {
             "run": runs["run"],
+            "seed": runs["seed"],
+            "dataset": runs["dataset"],
+            "variant": runs["variant"].fillna(""),
             "status": runs["status"],
-            "diverged at step": runs["diverged_step"],
+            "diverged at step": runs["diverged_step"].astype("Int64"),
             "steps": runs["steps"],
             "test exact match": runs.get("test.exact_match"),
             "test token accuracy": runs.get("test.token_accuracy"),
-            "test loss": runs.get("test.loss"),
-            "first step with valid exact match 1.0": runs["first_step_exact_match_1"],
+            "test BLEU": runs.get("test.bleu"),
             "wall time (s)": runs["wall_seconds"].round(1),
             "peak memory (MiB)": (runs["peak_memory_bytes"] / 2**20).round(1),
             "parameters": runs["parameters"],
         }
     )
-    return table.set_index("run")
+    return table.set_index(["run", "seed"])
 
 
 def provenance_line(runs: pd.DataFrame) -> str:
     """Scale, hardware and versions behind the page, for its first screen (Markdown)."""
     first = runs.iloc[0]
-    hardware = first["gpus"] if isinstance(first["gpus"], str) else f"CPU: {first['cpu']}"
+    hardware = f"GPU: {first['gpus']}" if isinstance(first["gpus"], str) else f"CPU: {first['cpu']}"
     return (
-        f"**Scale:** {first['scale']} · **Hardware:** {hardware} · **Device:** {first['device']} · "
+        f"**Scale:** {first['scale']} · **Hardware:** {hardware} · **Device:** {first['device_description']} · "
         f"**Python** {first['python']} · **torch** {first['torch']} · **commit** `{first['git_commit']}`"
     )

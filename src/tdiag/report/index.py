@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,27 +24,18 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m {sec:02d}s" if hours else f"{minutes}m {sec:02d}s"
 
 
-def _runs_started(root: Path, study: str, runs: pd.DataFrame) -> list[str]:
-    return [
-        json.loads((root / paths.run_config(study, run)).read_text())["started_at"]
-        for run in runs.get("run", [])
-    ]
-
-
 def index_html(cfg: Config, root: Path = Path(".")) -> str:
     rows, total_seconds, starts, finishes = [], 0.0, [], []
     for study in cfg.studies:
         runs = pd.read_csv(root / paths.study_table(study))
         total_seconds += float(runs["wall_seconds"].sum())
-        starts += _runs_started(root, study, runs)
+        starts += list(runs["started_at"])
         finishes += list(runs["finished_at"])
-        completed = int((runs["status"] == "completed").sum())
-        exact = runs.get("test.exact_match")
-        best = f"{exact.max():.4f}" if exact is not None and exact.notna().any() else "n/a"
+        diverged = int((runs["status"] == "diverged").sum())
         link = paths.report_page(study).name
         rows.append(
-            f"<tr><td><a href='{link}'>{html.escape(study)}</a></td><td>{len(runs)}</td>"
-            f"<td>{completed}</td><td>{len(runs) - completed}</td><td>{best}</td></tr>"
+            f"<tr><td><a href='{link}'>{html.escape(study)}</a></td><td>{runs['run'].nunique()}</td>"
+            f"<td>{len(runs)}</td><td>{len(runs) - diverged}</td><td>{diverged}</td></tr>"
         )
     hardware = devices.hardware_description()
     gpus = ", ".join(hardware.get("gpus") or []) or "none"
@@ -72,7 +62,7 @@ def index_html(cfg: Config, root: Path = Path(".")) -> str:
 <h1>transformer-diagnostics report</h1>
 <table>{fact_rows}</table>
 <h2>Studies</h2>
-<table><tr><th>study</th><th>runs</th><th>completed</th><th>diverged</th><th>best test exact match</th></tr>
+<table><tr><th>study</th><th>runs</th><th>trained seeds</th><th>completed</th><th>diverged</th></tr>
 {''.join(rows)}</table>
 </body></html>
 """

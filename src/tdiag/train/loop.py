@@ -1,10 +1,12 @@
 """The one training loop: every model and study trains through `train_run`.
 
-Per optimizer step it records loss, lr, global grad norm, activation norms, step
-time, tokens and peak memory to `metrics.jsonl`; it evaluates every `eval_every`
-steps, checkpoints every `checkpoint_every` steps and at the end, resumes from the
-checkpoint by default, and stops a run whose loss is NaN/inf with `status: diverged`
-(a finished stage, so the rest of the study goes on). `summary.json` is written last.
+A run trains one configuration for each of its seeds, each in `seed-<n>/`. Per
+optimizer step it records loss, lr, global grad norm, activation norms, step time,
+tokens and peak memory to `metrics.jsonl`; it evaluates every `eval_every` steps,
+checkpoints every `checkpoint_every` steps and at the end, resumes from the checkpoint
+by default, and stops a seed whose loss is NaN/inf with `status: diverged` (a finished
+stage, so the rest of the study goes on). Summaries are written last: the seed's,
+then the run's.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import json
 import logging
 import math
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -20,47 +23,64 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from tdiag import atomic, devices, paths, provenance
 from tdiag.config import Config, ConfigError, RunConfig
-from tdiag.data.batching import PairedData, batch_indices, load_pairs
 from tdiag.models import build_model
 from tdiag.train import checkpoint
 from tdiag.train.checkpoint import TrainState
-from tdiag.train.evaluate import evaluate_seq2seq
 from tdiag.train.metrics import ActivationNorms
 from tdiag.train.optim import build_optimizer, build_scheduler
+from tdiag.train.seq2seq import Seq2SeqWorkload
 
 log = logging.getLogger("tdiag.train")
 
 
 @dataclass(frozen=True)
-class RunPaths:
+class SeedFiles:
+    """The files of one seed of one run."""
+
     root: Path
     study: str
     run: str
+    seed: int
 
-    def __getattr__(self, name: str) -> Path:
-        return self.root / getattr(paths, f"run_{name}")(self.study, self.run)
+    def _path(self, kind: str) -> Path:
+        return self.root / getattr(paths, f"seed_{kind}")(self.study, self.run, self.seed)
+
+    config = property(lambda self: self._path("config"))
+    metrics = property(lambda self: self._path("metrics"))
+    checkpoint = property(lambda self: self._path("checkpoint"))
+    summary = property(lambda self: self._path("summary"))
+    log = property(lambda self: self._path("log"))
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _setup_logging(log_file: Path) -> logging.Handler:
+def _finite(record: dict) -> dict:
+    """JSON has no NaN/inf: non-finite numbers are recorded as null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+@contextlib.contextmanager
+def _logging_to(log_file: Path):
     log_file.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
-    if not any(isinstance(h, logging.StreamHandler) and h.stream is sys.stderr for h in log.handlers):
+    log.setLevel(logging.INFO)
+    if not any(getattr(h, "stream", None) is sys.stderr for h in log.handlers):
         stream = logging.StreamHandler(sys.stderr)
         stream.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
         log.addHandler(stream)
-    log.setLevel(logging.INFO)
-    return handler
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
 
 
 def _autocast(device: torch.device, precision: str):
@@ -78,44 +98,55 @@ def _read_meta(root: Path, dataset: str) -> dict:
 
 
 def train_run(cfg: Config, study: str, run: str, *, root: Path = Path("."), restart: bool = False) -> dict:
-    """Train one run to completion (resuming if a matching checkpoint exists); returns the summary."""
+    """Train every seed of one run (each resuming from its checkpoint); returns the run summary."""
     rc = cfg.run(study, run)
-    files = RunPaths(root, study, run)
     meta = _read_meta(root, rc.dataset)
-    handler = _setup_logging(files.log)
-    choice = None
-    try:
+    run_summary = root / paths.run_summary(study, run)
+    run_summary.unlink(missing_ok=True)  # its presence must always mean "finished"
+    with _logging_to(root / paths.run_dir(study, run) / "log"):
         choice = devices.select_device(
             Path(cfg.devices.lock_dir) if cfg.devices.lock_dir else None, on_wait=log.info
         )
-        reason = devices.supports_precision(choice.device, rc.train.precision)
-        if reason:
-            raise ConfigError(f"studies.{study}.runs.{run}.train.precision: {reason}")
-        return _train(cfg, rc, study, run, files, meta, choice, restart)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
-        if choice is not None and choice.slot is not None:
-            choice.slot.release()
+        try:
+            reason = devices.supports_precision(choice.device, rc.train.precision)
+            if reason:
+                raise ConfigError(f"studies.{study}.runs.{run}.train.precision: {reason}")
+            log.info("run %s/%s on %s, seeds %s", study, run, choice.description, rc.seed_values())
+            workload = Seq2SeqWorkload(
+                root, rc.dataset, meta, rc.train.batch_size, rc.train.micro_batches, choice.device
+            )
+            seeds = []
+            for seed in rc.seed_values():
+                files = SeedFiles(root, study, run, seed)
+                with _logging_to(files.log):
+                    seeds.append(_train_seed(cfg, rc, files, meta, workload, choice, restart))
+        finally:
+            if choice.slot is not None:
+                choice.slot.release()
+    summary = _run_summary(study, run, rc, seeds)
+    atomic.write_json(run_summary, summary)
+    return summary
 
 
-def _train(cfg, rc: RunConfig, study, run, files: RunPaths, meta, choice, restart) -> dict:
-    device = choice.device
-    tc = rc.train
-    digest = run_digest(rc, meta)
-    files.summary.unlink(missing_ok=True)  # its presence must always mean "finished"
-    log.info("run %s/%s on %s", study, run, choice.description)
+def _seed_config(rc: RunConfig, seed: int) -> RunConfig:
+    return rc.model_copy(update={"train": rc.train.model_copy(update={"seed": seed})})
 
-    data_dir = files.root / paths.synthetic_dir(rc.dataset)
-    pad_id, go_id, stop_id = meta["pad_id"], meta["go_id"], meta["stop_id"]
-    train_data = load_pairs(data_dir / "train.jsonl", pad_id)
-    valid_data = load_pairs(data_dir / "valid.jsonl", pad_id)
-    test_data = load_pairs(data_dir / "test.jsonl", pad_id)
+
+def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload, choice, restart) -> dict:
+    rc = _seed_config(rc, files.seed)
+    tc, device = rc.train, choice.device
+    digest = rc.digest(extra=meta["config"])
+    if not restart and files.summary.exists():
+        done = json.loads(files.summary.read_text())
+        if done.get("config_digest") == digest:
+            log.info("seed %d already finished (%s): kept", files.seed, done["status"])
+            return done
+    files.summary.unlink(missing_ok=True)
 
     torch.manual_seed(tc.seed)
-    model = build_model(rc.model, meta["src_vocab_size"], meta["tgt_vocab_size"], pad_id).to(device)
+    model = build_model(rc.model, *workload.vocab_sizes, meta["pad_id"]).to(device)
     optimizer = build_optimizer(model.parameters(), tc)
-    scheduler = build_scheduler(optimizer, tc)
+    scheduler = build_scheduler(optimizer, tc, rc.model.d_model)
     scaler = torch.amp.GradScaler(device.type) if tc.precision == "fp16" else None
 
     state = TrainState()
@@ -129,35 +160,36 @@ def _train(cfg, rc: RunConfig, study, run, files: RunPaths, meta, choice, restar
     else:
         files.checkpoint.unlink(missing_ok=True)
 
-    atomic.write_json(files.config, {**_provenance(cfg, rc, study, run, choice, model), "config_digest": digest})
+    atomic.write_json(files.config, {**_provenance(cfg, rc, files, choice, model), "config_digest": digest})
     atomic.write_jsonl(files.metrics, state.records)  # drops records past the checkpoint
     started = time.perf_counter() - state.elapsed_seconds
     norms = ActivationNorms(model)
-    evaluate = lambda data, n: evaluate_seq2seq(  # noqa: E731
-        model, data, device=device, pad_id=pad_id, go_id=go_id, stop_id=stop_id, decode_examples=n
-    )
+
+    def evaluate(split: str, decode_limit):
+        return workload.evaluate(model, split, decode_limit)
 
     status, diverged_step = "completed", None
-    bar = tqdm(total=tc.max_steps, initial=state.step, desc=f"{study}/{run}", disable=None, file=sys.stderr)
+    bar = tqdm(total=tc.max_steps, initial=state.step, desc=f"{files.run} seed {files.seed}",
+               disable=None, file=sys.stderr)
     with open(files.metrics, "a") as metrics_file:
 
         def emit(record: dict) -> None:
-            record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+            record = _finite(record)
             state.records.append(record)
             metrics_file.write(json.dumps(record, sort_keys=True) + "\n")
             metrics_file.flush()
 
         if state.step == 0:  # the untrained baseline anchors every curve
-            emit({"kind": "eval", "split": "valid", "step": 0, **evaluate(valid_data, tc.eval_examples)})
+            emit({"kind": "eval", "split": "valid", "step": 0, **evaluate("valid", tc.eval_examples)})
         model.train()
         while state.step < tc.max_steps:
             step = state.step + 1
-            record = _train_step(model, optimizer, scaler, train_data, tc, step, device, pad_id)
+            record = _train_step(model, optimizer, scaler, workload, tc, step, device)
             record.update(norms.pop())
             if not math.isfinite(record["loss"]):
                 emit({**record, "diverged": True})
                 status, diverged_step = "diverged", step
-                log.warning("loss is not finite at step %d: run marked diverged", step)
+                log.warning("loss is not finite at step %d: seed %d marked diverged", step, files.seed)
                 break
             scheduler.step()
             state.step = step
@@ -165,11 +197,11 @@ def _train(cfg, rc: RunConfig, study, run, files: RunPaths, meta, choice, restar
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", refresh=False)
             if step % tc.eval_every == 0 or step == tc.max_steps:
-                result = evaluate(valid_data, tc.eval_examples)
+                result = evaluate("valid", tc.eval_examples)
                 emit({"kind": "eval", "split": "valid", "step": step, **result})
                 log.info(
-                    "step %d: valid loss %.4f, token accuracy %.4f, exact match %.4f",
-                    step, result["loss"], result["token_accuracy"], result["exact_match"],
+                    "step %d: valid loss %.4f, token accuracy %.4f, exact match %.4f, BLEU %.1f",
+                    step, result["loss"], result["token_accuracy"], result["exact_match"], result["bleu"],
                 )
             if step % tc.checkpoint_every == 0 or step == tc.max_steps:
                 state.elapsed_seconds = time.perf_counter() - started
@@ -180,18 +212,18 @@ def _train(cfg, rc: RunConfig, study, run, files: RunPaths, meta, choice, restar
     bar.close()
     norms.remove()
 
-    test = evaluate(test_data, None) if status == "completed" else None
-    valid = evaluate(valid_data, None) if status == "completed" else None
+    finished = status == "completed"
     evals = [r for r in state.records if r.get("kind") == "eval"]
     summary = {
-        "study": study,
-        "run": run,
+        "run": files.run,
+        "seed": files.seed,
         "status": status,
         "diverged_step": diverged_step,
         "steps": state.step,
         "max_steps": tc.max_steps,
-        "test": test,
-        "valid": valid,
+        "test": evaluate("test", None) if finished else None,
+        "valid": evaluate("valid", None) if finished else None,
+        "samples": workload.samples(model) if finished else [],
         "best_valid_exact_match": max((r["exact_match"] for r in evals), default=None),
         "first_step_exact_match_1": next((r["step"] for r in evals if r["exact_match"] >= 1.0), None),
         "wall_seconds": time.perf_counter() - started,
@@ -203,41 +235,23 @@ def _train(cfg, rc: RunConfig, study, run, files: RunPaths, meta, choice, restar
     }
     atomic.write_json(files.summary, summary)
     log.info(
-        "%s/%s %s after %d steps%s", study, run, status, state.step,
-        f": test exact match {test['exact_match']:.4f}" if test else "",
+        "%s seed %d %s after %d steps%s", files.run, files.seed, status, state.step,
+        f": test exact match {summary['test']['exact_match']:.4f}" if finished else "",
     )
     return summary
 
 
-def run_digest(rc: RunConfig, meta: dict) -> str:
-    """Identity of what a checkpoint may resume into: the run's config and its dataset's."""
-    return rc.digest(extra=meta["config"])
-
-
-def _train_step(model, optimizer, scaler, data: PairedData, tc, step: int, device, pad_id: int) -> dict:
-    """One optimizer step over `batch_size` examples split into `micro_batches` chunks.
-
-    The loss is summed over every target token of the whole batch and divided by
-    their total count, so accumulation over micro-batches gives the same gradient as
-    one big batch (equal tokens per step, the point of the efficiency study).
-    """
+def _train_step(model, optimizer, scaler, workload, tc, step: int, device) -> dict:
+    """One optimizer step over `batch_size` examples split into `micro_batches` chunks."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     began = time.perf_counter()
-    indices = batch_indices(len(data), tc.batch_size, tc.seed, step - 1)
-    chunks = [data.batch(chunk, pad_id) for chunk in indices.chunk(tc.micro_batches)]
-    n_tokens = sum(int((tgt[:, 1:] != pad_id).sum()) for _, tgt in chunks)
-    n_src_tokens = sum(int((src != pad_id).sum()) for src, _ in chunks)
+    batch = workload.train_batch(step, tc.seed)
     loss_total = torch.zeros((), device=device)
-    for src, tgt in chunks:
-        src, tgt = src.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
+    for micro in batch.micro:
         with _autocast(device, tc.precision):
-            logits = model(src, tgt[:, :-1])
-        loss = F.cross_entropy(
-            logits.float().transpose(1, 2), tgt[:, 1:], ignore_index=pad_id,
-            label_smoothing=tc.label_smoothing, reduction="sum",
-        ) / n_tokens
+            loss = workload.loss(model, micro, batch.n_tokens, tc.label_smoothing)
         (scaler.scale(loss) if scaler else loss).backward()
         loss_total += loss.detach()
     if scaler:
@@ -261,16 +275,41 @@ def _train_step(model, optimizer, scaler, data: PairedData, tc, step: int, devic
         "lr": lr,
         "grad_norm": float(grad_norm),
         "step_time": time.perf_counter() - began,
-        "tokens": n_tokens,
-        "src_tokens": n_src_tokens,
+        **batch.stats,
         "peak_memory_bytes": devices.peak_memory_bytes(device),
     }
 
 
-def _provenance(cfg: Config, rc: RunConfig, study, run, choice, model) -> dict:
+def _run_summary(study: str, run: str, rc: RunConfig, seeds: list[dict]) -> dict:
+    """The run over its seeds: status counts and the mean of each held-out metric."""
+    completed = [s for s in seeds if s["status"] == "completed"]
+    statuses = {s["status"] for s in seeds}
+    mean = {}
+    for split in ("test", "valid"):
+        keys = [k for k, v in (completed[0][split] if completed else {}).items() if isinstance(v, (int, float))]
+        mean[split] = {k: statistics.fmean(s[split][k] for s in completed) for k in keys} if completed else None
     return {
         "study": study,
         "run": run,
+        "status": statuses.pop() if len(statuses) == 1 else "partly diverged",
+        "seeds": [s["seed"] for s in seeds],
+        "diverged_seeds": [s["seed"] for s in seeds if s["status"] == "diverged"],
+        "grid": rc.grid,
+        "variant": rc.variant,
+        "dataset": rc.dataset,
+        "test": mean["test"],
+        "valid": mean["valid"],
+        "wall_seconds": sum(s["wall_seconds"] for s in seeds),
+        "peak_memory_bytes": max(s["peak_memory_bytes"] for s in seeds),
+        "per_seed": seeds,
+        "finished_at": _now(),
+    }
+
+
+def _provenance(cfg: Config, rc: RunConfig, files: SeedFiles, choice, model) -> dict:
+    return {
+        "study": files.study,
+        "run": files.run,
         "scale": cfg.resolved_scale,
         "config": rc.model_dump(mode="json"),
         "seed": rc.train.seed,

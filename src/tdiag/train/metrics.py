@@ -60,3 +60,18 @@ class ActivationNorms:
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
+    """Corpus BLEU (sacrebleu, 0-100) of whitespace-tokenised texts, and its signature.
+
+    Synthetic tasks are scored on their own tokens (`tokenize="none"`); the signature
+    records that, so the number is never mistaken for a detokenized-text BLEU.
+    """
+    from sacrebleu.metrics import BLEU
+
+    metric = BLEU(tokenize="none")
+    if not hypotheses:
+        return 0.0, str(metric.get_signature())
+    score = metric.corpus_score(hypotheses, [references])
+    return float(score.score), str(metric.get_signature())

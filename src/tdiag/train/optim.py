@@ -1,7 +1,9 @@
 """Optimizers and learning-rate schedules, each a named option chosen here once.
 
-Every schedule is expressed as a multiplier of the configured peak `lr`, so `lr`
-means the same thing whatever the schedule: the rate reached at the end of warmup.
+`noam` is the paper's schedule (Vaswani et al. 2017, eq. 3) with `lr` as its factor:
+lr * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5), so a longer warmup also means
+a lower peak, exactly as in the paper's warmup ablations. `cosine` and `constant` use
+`lr` as the peak rate, reached linearly over `warmup_steps`.
 """
 
 from __future__ import annotations
@@ -25,14 +27,12 @@ def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
 
-def lr_multiplier(cfg: TrainConfig, step: int) -> float:
-    """Multiplier of the peak lr for optimizer step `step` (1-based)."""
+def lr_multiplier(cfg: TrainConfig, step: int, d_model: int) -> float:
+    """Multiplier of `lr` for optimizer step `step` (1-based)."""
     step = max(step, 1)
     warmup = cfg.warmup_steps
     if cfg.schedule == "noam":
-        # Vaswani et al. 2017, eq. 3: d^-0.5 * min(step^-0.5, step * warmup^-1.5),
-        # rescaled so that its peak, at step == warmup, is 1.
-        return min(step / warmup, math.sqrt(warmup / step))
+        return d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
     if warmup and step < warmup:
         return step / warmup
     if cfg.schedule == "constant":
@@ -44,7 +44,7 @@ def lr_multiplier(cfg: TrainConfig, step: int) -> float:
     raise ValueError(f"unknown schedule {cfg.schedule!r}")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, d_model: int) -> torch.optim.lr_scheduler.LambdaLR:
     # LambdaLR calls the lambda with the number of scheduler.step() calls so far (0 at
     # construction); the +1 makes the first optimizer step use the step-1 rate.
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: lr_multiplier(cfg, done + 1))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: lr_multiplier(cfg, done + 1, d_model))
