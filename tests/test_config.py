@@ -101,7 +101,9 @@ def test_mirror_env_var_wins_over_file(raw):
     assert validate(raw, env={MIRROR_ENV: "/from/env"}).mirror == Path("/from/env")
 
 
-def test_no_mirror_by_default(raw):
+def test_committed_mirror_is_the_shared_folder_and_null_means_download(raw):
+    assert validate(raw, env={}).mirror == Path("../shared/data")
+    raw["data"]["mirror"] = None
     assert validate(raw, env={}).mirror is None
 
 
@@ -211,11 +213,17 @@ def test_scales_may_not_add_runs_studies_or_datasets(raw, dotted, value):
     assert f"'scales.{scale}'" in message and "runs" in message
 
 
-@pytest.mark.parametrize("where", ["studies.toy.dataset", "studies.toy.runs.copy.dataset"])
-def test_run_on_unknown_dataset_is_refused(raw, where):
+@pytest.mark.parametrize(
+    "where, named",
+    [
+        ("studies.toy.dataset", "studies.toy.grids.warmup.dataset"),  # the grids use the study's dataset
+        ("studies.toy.runs.copy.dataset", "studies.toy.runs.copy.dataset"),
+    ],
+)
+def test_run_on_unknown_dataset_is_refused(raw, where, named):
     message = _error(_set(raw, where, "nope"))
-    assert "'studies.toy.runs.copy.dataset'" in message and "'nope'" in message
-    assert message.endswith("allowed: copy")
+    assert f"'{named}'" in message and "'nope'" in message
+    assert message.endswith("allowed: " + ", ".join(raw["datasets"]))
 
 
 def test_more_examples_than_distinct_sequences_is_refused(raw):

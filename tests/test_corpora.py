@@ -102,12 +102,16 @@ def test_missing_mirror_file_names_the_expected_path(tmp_path):
     assert files_under(out) == set()
 
 
-def test_absent_mirror_folder_is_named(tmp_path):
-    with pytest.raises(FetchError, match=re.escape(f"mirror folder {tmp_path / 'nowhere'} does not exist")):
+def test_mirror_without_the_corpus_folder_falls_back_to_the_download(tmp_path, monkeypatch):
+    url = "http://127.0.0.1:9/wikitext-2-v1.zip"  # loopback discard port: nothing listens
+    patch_corpus(monkeypatch, "wikitext2", url=url)
+    with pytest.raises(FetchError, match=re.escape(url)):
         corpora.fetch("wikitext2", tmp_path / "out", tmp_path / "nowhere", progress=False)
+    assert files_under(tmp_path / "out") == set()
 
 
 def test_training_corpus_mirror_expects_the_archive(tmp_path):
+    (tmp_path / "wmt14-training").mkdir()
     with pytest.raises(FetchError) as err:
         corpora.fetch(corpora.WMT14_TRAINING, tmp_path / "out", tmp_path, progress=False)
     assert str(tmp_path / "wmt14-training" / "training-parallel-europarl-v7.tgz") in str(err.value)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from tdiag import config as config_mod
-from tdiag.config import ConfigError
+from tdiag.config import SYNTHETIC, ConfigError, LanguageModelTaskConfig, TranslationTaskConfig
 
 EXIT_CONFIG = 2
 
@@ -30,6 +30,16 @@ def _parser() -> argparse.ArgumentParser:
     data = verbs.add_parser("data", help="dataset stages").add_subparsers(dest="data_verb", required=True)
     synth = data.add_parser("synth", help="generate a synthetic dataset")
     synth.add_argument("dataset")
+    fetch = data.add_parser("fetch", help="download a corpus (or copy it from the data mirror), checksums verified")
+    fetch.add_argument("corpus")
+    fetch.add_argument("--out", type=Path, default=None, help="target folder (default: resources/<corpus>)")
+    prepare = data.add_parser("prepare", help="make a dataset from its fetched corpus (tokenise, subset, vocabulary)")
+    prepare.add_argument("dataset")
+
+    bpe = verbs.add_parser("bpe", help="subword-nmt BPE stages").add_subparsers(dest="bpe_verb", required=True)
+    for verb, text in (("learn", "learn joint BPE codes on the training split"),
+                       ("apply", "apply BPE to every split and encode it as token ids")):
+        bpe.add_parser(verb, help=text).add_argument("dataset")
 
     train = verbs.add_parser("train", help="train one run of a study (resumes from its checkpoint)")
     train.add_argument("study")
@@ -55,13 +65,31 @@ def run(argv: list[str]) -> int:
 
     if args.verb == "validate":
         print(f"{args.params}: valid (scale {cfg.scale} -> {cfg.resolved_scale})")
-    elif args.verb == "data":
+    elif args.verb == "data" and args.data_verb == "fetch":
+        from tdiag.data.fetch import fetch_corpus
+
+        fetch_corpus(args.corpus, args.out, cfg.mirror, root)
+    elif args.verb == "data" and args.data_verb == "synth":
         from tdiag.data.synthetic import write_dataset
 
-        if args.dataset not in cfg.datasets:
-            raise ConfigError(f"unknown dataset '{args.dataset}'; datasets: {', '.join(cfg.datasets)}")
-        meta = write_dataset(args.dataset, cfg.datasets[args.dataset], root)
+        ds = _dataset(cfg, args.dataset, SYNTHETIC, "data synth")
+        meta = write_dataset(args.dataset, ds, root)
         print(f"dataset {args.dataset}: {meta['sizes']}")
+    elif args.verb == "data" and args.data_verb == "prepare":
+        ds = _dataset(cfg, args.dataset, (TranslationTaskConfig, LanguageModelTaskConfig), "data prepare")
+        if isinstance(ds, TranslationTaskConfig):
+            from tdiag.data import translation
+
+            translation.prepare(args.dataset, ds, root)
+        else:
+            from tdiag.data import lm
+
+            lm.prepare(args.dataset, ds, root)
+    elif args.verb == "bpe":
+        from tdiag.data import translation
+
+        ds = _dataset(cfg, args.dataset, TranslationTaskConfig, f"bpe {args.bpe_verb}")
+        (translation.learn_bpe if args.bpe_verb == "learn" else translation.apply_bpe)(args.dataset, ds, root)
     elif args.verb == "train":
         cfg.run(args.study, args.run)  # unknown names fail before torch is loaded
         import torch
@@ -95,6 +123,16 @@ def run(argv: list[str]) -> int:
             for st in stage_list:
                 print(f"{st.name}: tdiag {' '.join(st.args)}")
     return 0
+
+
+def _dataset(cfg, name: str, kinds, verb: str):
+    """The named dataset's config, checked to be of a kind `verb` works on."""
+    if name not in cfg.datasets:
+        raise ConfigError(f"unknown dataset '{name}'; datasets: {', '.join(cfg.datasets)}")
+    ds = cfg.datasets[name]
+    if not isinstance(ds, kinds):
+        raise ConfigError(f"`tdiag {verb}` does not apply to dataset '{name}' (task {ds.task})")
+    return ds
 
 
 def _known_study(cfg, study: str) -> None:

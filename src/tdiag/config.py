@@ -12,6 +12,7 @@ import copy
 import json
 import hashlib
 import itertools
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
@@ -44,19 +45,28 @@ class _SplitSizes(Frozen):
 class SymbolTaskConfig(_SplitSizes):
     """Integer-sequence tasks over content symbols 3..vocab_size-1 (data/synthetic.py).
 
-    copy: target = source; reverse: content reversed; structured: content is a run of
-    consecutive symbols from a random start, target = source; pairwise_sum:
+    copy: target = source; reverse: content reversed; structured: content is one or
+    more runs of consecutive symbols from random starts, target = source; pairwise_sum:
     y_k = x_k + x_(k-1) with x_0 = the <go> id 1 (the target vocabulary grows to fit).
     """
 
     task: Literal["copy", "reverse", "structured", "pairwise_sum"] = "copy"
     vocab_size: Annotated[int, Field(ge=4)] = 20
     content_length: Annotated[int, Field(ge=1)] = 4
+    run_length: Optional[Annotated[int, Field(ge=1)]] = None
+    """structured: content is runs of this many consecutive symbols, each from a random
+    start (the last run may be shorter); default content_length, a single run."""
+
+    def runs(self) -> list[int]:
+        """structured: the length of each run of consecutive symbols in the content."""
+        size = self.run_length or self.content_length
+        full, rest = divmod(self.content_length, size)
+        return [size] * full + ([rest] if rest else [])
 
     def distinct_sources(self) -> int:
         symbols = self.vocab_size - 3
         if self.task == "structured":
-            return max(symbols - self.content_length + 1, 0)
+            return math.prod(max(symbols - n + 1, 0) for n in self.runs())
         return symbols**self.content_length
 
     @model_validator(mode="after")
@@ -93,9 +103,43 @@ class DatesTaskConfig(_SplitSizes):
         return self
 
 
+class TranslationTaskConfig(Frozen):
+    """Sentence pairs from a real corpus, Moses-tokenised and BPE-encoded with a joint
+    subword-nmt vocabulary (data/translation.py).
+
+    With a mirror, the offline corpus is newstest2014 and every subset is drawn from it;
+    online, train comes from `training_corpus` and valid/test from newstest2014.
+    """
+
+    task: Literal["translation"] = "translation"
+    corpus: Literal["wmt14"] = "wmt14"
+    source_lang: Literal["en"] = "en"
+    target_lang: Literal["fr"] = "fr"
+    training_corpus: Literal["newstest2014", "wmt14-europarl-v7", "wmt14-news-commentary-v9"] = "newstest2014"
+    n_train: Annotated[int, Field(ge=1)] = 1024
+    n_valid: Annotated[int, Field(ge=1)] = 64
+    n_test: Annotated[int, Field(ge=1)] = 64
+    bpe_merges: Annotated[int, Field(ge=1)] = 2000
+    max_tokens: Annotated[int, Field(ge=4)] = 100
+    """Pairs whose BPE source or target is longer are dropped from train (never from valid/test)."""
+    seed: int = 1
+
+
+class LanguageModelTaskConfig(Frozen):
+    """Word-level language modelling on `wiki.{train,valid,test}.tokens` (data/lm.py):
+    from the fetched WikiText-2 corpus, or from `path`, a folder holding three such files."""
+
+    task: Literal["language_model"] = "language_model"
+    corpus: Literal["wikitext2"] = "wikitext2"
+    path: Optional[str] = None
+    """A folder with the user's own wiki.{train,valid,test}.tokens; replaces the download."""
+
+
 DatasetConfig = Annotated[
-    Union[SymbolTaskConfig, PolynomialTaskConfig, DatesTaskConfig], Field(discriminator="task")
+    Union[SymbolTaskConfig, PolynomialTaskConfig, DatesTaskConfig, TranslationTaskConfig, LanguageModelTaskConfig],
+    Field(discriminator="task"),
 ]
+SYNTHETIC = (SymbolTaskConfig, PolynomialTaskConfig, DatesTaskConfig)
 
 
 # -------------------------------------------------------------------------- model
@@ -163,19 +207,31 @@ class TrainConfig(Frozen):
     schedule: Literal["noam", "cosine", "constant"] = "noam"
     warmup_steps: Annotated[int, Field(ge=0)] = 400
     min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.0
-    max_steps: Annotated[int, Field(ge=1)] = 1000
+    max_steps: Optional[Annotated[int, Field(ge=1)]] = 1000
+    epochs: Optional[Annotated[int, Field(ge=1)]] = None
+    """Train for this many passes over the training data instead of max_steps (set one of the two)."""
+    bptt: Annotated[int, Field(ge=2)] = 35
+    """Language models: tokens per segment (truncated backpropagation through time)."""
     batch_size: Annotated[int, Field(ge=1)] = 100
+    batch_tokens: Optional[Annotated[int, Field(ge=1)]] = None
+    """Seq2seq on real text: length-bucketed batches of about this many target tokens
+    instead of batch_size sentences."""
     micro_batches: Annotated[int, Field(ge=1)] = 1
+    beam_size: Annotated[int, Field(ge=1)] = 1
+    """Beam width of held-out decoding (1 = greedy)."""
     clip_grad_norm: Optional[Annotated[float, Field(gt=0)]] = 1.0
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    eval_every: Annotated[int, Field(ge=1)] = 100
+    eval_every: Optional[Annotated[int, Field(ge=1)]] = 100
+    """Steps between evaluations; null: at the end of every epoch."""
     eval_examples: Annotated[int, Field(ge=1)] = 500
     checkpoint_every: Annotated[int, Field(ge=1)] = 100
     seed: int = 0
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError("set exactly one of max_steps and epochs (the other null)")
         if self.schedule == "noam" and self.warmup_steps < 1:
             raise ValueError("schedule 'noam' needs warmup_steps >= 1 (got 0); use 'constant' for no warmup")
         if self.batch_size % self.micro_batches:

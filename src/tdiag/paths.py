@@ -11,8 +11,30 @@ NOTEBOOKS = Path("notebooks")
 SPLITS = ("train", "valid", "test")
 
 
+RESOURCES = Path("resources")
+
+
+def corpus_dir(corpus: str) -> Path:
+    """Where `tdiag data fetch <corpus>` puts a downloaded (or mirrored) corpus."""
+    return RESOURCES / corpus
+
+
 def synthetic_dir(dataset: str) -> Path:
     return RESULTS / "data" / "synthetic" / dataset
+
+
+def prepared_dir(dataset: str) -> Path:
+    """A dataset made from a real corpus (translation pairs, language-model streams)."""
+    return RESULTS / "data" / dataset
+
+
+def dataset_dir(dataset: str, synthetic: bool) -> Path:
+    return synthetic_dir(dataset) if synthetic else prepared_dir(dataset)
+
+
+def dataset_meta(dataset: str, synthetic: bool) -> Path:
+    """Written last by a dataset's final stage: vocabularies, sizes, provenance."""
+    return dataset_dir(dataset, synthetic) / "meta.json"
 
 
 def synthetic_split(dataset: str, split: str) -> Path:
@@ -75,3 +97,37 @@ def report_page(study: str) -> Path:
 
 def report_index() -> Path:
     return REPORTS / "index.html"
+
+
+# ------------------------------------------------------------------ real corpora
+
+
+def corpus_source(corpus: str) -> Path:
+    """Written last by `data fetch`: where the files came from (mirror or URL)."""
+    return corpus_dir(corpus) / "source.json"
+
+
+def tokenized(dataset: str, split: str, lang: str) -> Path:
+    return prepared_dir(dataset) / f"{split}.tok.{lang}"
+
+
+def bpe_codes(dataset: str) -> Path:
+    return prepared_dir(dataset) / "bpe.codes"
+
+
+def bpe_text(dataset: str, split: str, lang: str) -> Path:
+    return prepared_dir(dataset) / f"{split}.bpe.{lang}"
+
+
+def pairs_split(dataset: str, split: str) -> Path:
+    """Token-id pairs of a prepared translation dataset, in the synthetic tasks' format."""
+    return prepared_dir(dataset) / f"{split}.jsonl"
+
+
+def lm_split(dataset: str, split: str) -> Path:
+    """A language-model split as one LongTensor of token ids."""
+    return prepared_dir(dataset) / f"{split}.pt"
+
+
+def lm_vocab(dataset: str) -> Path:
+    return prepared_dir(dataset) / "vocab.json"

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from tdiag import paths
-from tdiag.config import Config
+from tdiag.config import SYNTHETIC, Config, LanguageModelTaskConfig, TranslationTaskConfig
 
 PACKAGE_DIR = Path("src") / "tdiag"
 REPORT_INDEX = "index"
@@ -66,27 +66,122 @@ def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _data_stages(cfg: Config) -> list[Stage]:
-    stages = []
-    for name, ds in cfg.datasets.items():
-        stages.append(
-            Stage(
-                name=f"data_synth_{name}",
-                args=("data", "synth", name),
-                deps=DATA_CODE,
-                outs=tuple(str(paths.synthetic_split(name, s)) for s in paths.SPLITS)
-                + (str(paths.synthetic_meta(name)),),
-                params=(f"datasets.{name}", "scale", "scales"),
-                fingerprint=_fingerprint(ds.model_dump(mode="json")),
-            )
-        )
-    return stages
+def _fetch_stage(corpus: str) -> Stage:
+    from tdiag.data.corpora import corpus as corpus_info
 
-
-def _dataset_files(dataset: str) -> tuple[str, ...]:
-    return tuple(str(paths.synthetic_split(dataset, s)) for s in paths.SPLITS) + (
-        str(paths.synthetic_meta(dataset)),
+    return Stage(
+        name=f"data_fetch_{_identifier(corpus)}",
+        args=("data", "fetch", corpus),
+        deps=_code("data/corpora.py"),
+        outs=tuple(str(p) for p in corpus_info(corpus).outputs(paths.corpus_dir(corpus)))
+        + (str(paths.corpus_source(corpus)),),
+        params=("data",),
     )
+
+
+def _corpora(ds) -> list[str]:
+    """The corpora a dataset is made from (fetched once each, however many datasets use them)."""
+    if isinstance(ds, TranslationTaskConfig):
+        return [ds.corpus] + ([ds.training_corpus] if ds.training_corpus != "newstest2014" else [])
+    if isinstance(ds, LanguageModelTaskConfig) and not ds.path:
+        return [ds.corpus]
+    return []
+
+
+def _fetched_files(ds) -> tuple[str, ...]:
+    from tdiag.data.corpora import corpus as corpus_info
+
+    return tuple(
+        str(p) for c in _corpora(ds) for p in [*corpus_info(c).outputs(paths.corpus_dir(c)), paths.corpus_source(c)]
+    )
+
+
+def _synthetic_stages(name: str, ds) -> list[Stage]:
+    return [
+        Stage(
+            name=f"data_synth_{name}",
+            args=("data", "synth", name),
+            deps=DATA_CODE,
+            outs=_dataset_files(name, ds),
+            params=(f"datasets.{name}", "scale", "scales"),
+            fingerprint=_fingerprint(ds.model_dump(mode="json")),
+        )
+    ]
+
+
+def _translation_stages(name: str, ds: TranslationTaskConfig) -> list[Stage]:
+    langs = (ds.source_lang, ds.target_lang)
+    tokenized = tuple(str(paths.tokenized(name, s, lang)) for s in paths.SPLITS for lang in langs)
+    train_text = tuple(str(paths.tokenized(name, "train", lang)) for lang in langs)
+    settings = (f"datasets.{name}", "scale", "scales")
+    fingerprint = _fingerprint(ds.model_dump(mode="json"))
+    return [
+        Stage(
+            name=f"data_prepare_{name}",
+            args=("data", "prepare", name),
+            deps=_fetched_files(ds) + _code("data/translation.py", "data/wmt14.py"),
+            outs=tokenized,
+            params=settings,
+            fingerprint=fingerprint,
+        ),
+        Stage(
+            name=f"bpe_learn_{name}",
+            args=("bpe", "learn", name),
+            deps=train_text + _code("data/bpe.py"),
+            outs=(str(paths.bpe_codes(name)),),
+            params=settings,
+            fingerprint=fingerprint,
+        ),
+        Stage(
+            name=f"bpe_apply_{name}",
+            args=("bpe", "apply", name),
+            deps=tokenized + (str(paths.bpe_codes(name)),) + _code("data/bpe.py", "data/translation.py"),
+            outs=tuple(str(paths.bpe_text(name, s, lang)) for s in paths.SPLITS for lang in langs)
+            + _dataset_files(name, ds),
+            params=settings,
+            fingerprint=fingerprint,
+        ),
+    ]
+
+
+def _language_model_stages(name: str, ds: LanguageModelTaskConfig) -> list[Stage]:
+    sources = (
+        tuple(str(Path(ds.path) / f"wiki.{s}.tokens") for s in paths.SPLITS) if ds.path else _fetched_files(ds)
+    )
+    return [
+        Stage(
+            name=f"data_prepare_{name}",
+            args=("data", "prepare", name),
+            deps=sources + _code("data/lm.py"),
+            outs=(str(paths.lm_vocab(name)),) + _dataset_files(name, ds),
+            params=(f"datasets.{name}",),
+            fingerprint=_fingerprint(ds.model_dump(mode="json")),
+        )
+    ]
+
+
+def _dataset_files(name: str, ds) -> tuple[str, ...]:
+    """What a training stage reads of a dataset; the meta file, written last, comes last."""
+    if isinstance(ds, SYNTHETIC):
+        files = [paths.synthetic_split(name, s) for s in paths.SPLITS]
+    elif isinstance(ds, TranslationTaskConfig):
+        files = [paths.pairs_split(name, s) for s in paths.SPLITS]
+    else:
+        files = [paths.lm_split(name, s) for s in paths.SPLITS]
+    return tuple(str(p) for p in files) + (str(paths.dataset_meta(name, isinstance(ds, SYNTHETIC))),)
+
+
+def _data_stages(cfg: Config) -> list[Stage]:
+    corpora = [c for ds in cfg.datasets.values() for c in _corpora(ds)]
+    stages = [_fetch_stage(c) for c in dict.fromkeys(corpora)]
+    for name, ds in cfg.datasets.items():
+        if isinstance(ds, SYNTHETIC):
+            stages += _synthetic_stages(name, ds)
+        elif isinstance(ds, TranslationTaskConfig):
+            stages += _translation_stages(name, ds)
+        else:
+            stages += _language_model_stages(name, ds)
+    return stages
 
 
 def _study_stages(cfg: Config, study: str) -> list[Stage]:
@@ -99,7 +194,7 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
             Stage(
                 name=f"train_{study}_{_identifier(run)}",
                 args=("train", study, run),
-                deps=_dataset_files(rc.dataset) + TRAIN_CODE,
+                deps=_dataset_files(rc.dataset, cfg.datasets[rc.dataset]) + TRAIN_CODE,
                 # Per-seed folders (metrics, checkpoints) are the stage's working files;
                 # the run summary, written after every seed, is its declared output.
                 outs=(summary,),

@@ -199,8 +199,12 @@ def fetch(corpus_name: str, out: Path, mirror: Path | None, *, progress: bool = 
     c = corpus(corpus_name)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if mirror is not None:
+    # The mirror is tried first (DESIGN.md): a mirror without this corpus's folder falls
+    # back to the download; a folder that is there but incomplete or corrupt is refused.
+    if mirror is not None and (Path(mirror) / c.mirror_dir).is_dir():
         return _from_mirror(c, out, Path(mirror))
+    if mirror is not None:
+        print(f"{corpus_name}: mirror {mirror} has no {c.mirror_dir}/ folder; downloading {c.url}")
     part = out / f"{c.archive}.part"
     _download(c, part, progress)
     try:
@@ -216,8 +220,6 @@ def fetch(corpus_name: str, out: Path, mirror: Path | None, *, progress: bool = 
 
 
 def _from_mirror(c: Corpus, out: Path, mirror: Path) -> list[Path]:
-    if not mirror.is_dir():
-        raise FetchError(f"mirror folder {mirror} does not exist (data.mirror or {MIRROR_ENV})")
     folder = mirror / c.mirror_dir
     if not c.mirror_sums:
         archive = folder / c.archive

@@ -31,7 +31,11 @@ def _content(cfg: SymbolTaskConfig, code: int) -> list[int]:
     """The content sequence numbered `code` in the task's space of distinct sources."""
     symbols = cfg.vocab_size - FIRST_SYMBOL
     if cfg.task == "structured":
-        return list(range(FIRST_SYMBOL + code, FIRST_SYMBOL + code + cfg.content_length))
+        content = []
+        for length in cfg.runs():
+            code, start = divmod(code, symbols - length + 1)
+            content += range(FIRST_SYMBOL + start, FIRST_SYMBOL + start + length)
+        return content
     digits = []
     for _ in range(cfg.content_length):
         code, digit = divmod(code, symbols)
@@ -148,6 +152,7 @@ def write_dataset(name: str, cfg: DatasetConfig, root: Path = Path(".")) -> dict
     every = [ex for examples in splits.values() for ex in examples]
     meta = {
         "name": name,
+        "kind": "seq2seq",
         "config": cfg.model_dump(mode="json"),
         "src_vocab_size": len(src_tokens),
         "tgt_vocab_size": len(tgt_tokens),

@@ -44,7 +44,8 @@ def restore_rng(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save(path: Path, *, digest: str, state: TrainState, model, optimizer, scheduler, scaler) -> None:
+def save(path: Path, *, digest: str, state: TrainState, workload: dict, model, optimizer, scheduler, scaler) -> None:
+    """`workload` is the workload's own state (e.g. an LSTM's hidden state carried across steps)."""
     payload = {
         "config_digest": digest,
         "step": state.step,
@@ -57,6 +58,7 @@ def save(path: Path, *, digest: str, state: TrainState, model, optimizer, schedu
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng_states(),
+        "workload": workload,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

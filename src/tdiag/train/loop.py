@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from tdiag import atomic, devices, paths, provenance
-from tdiag.config import Config, ConfigError, RunConfig
+from tdiag.config import SYNTHETIC, Config, ConfigError, RunConfig
 from tdiag.models import build_model
 from tdiag.train import checkpoint
 from tdiag.train.checkpoint import TrainState
@@ -90,17 +90,28 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _read_meta(root: Path, dataset: str) -> dict:
-    path = root / paths.synthetic_meta(dataset)
+def _read_meta(root: Path, dataset: str, synthetic: bool) -> dict:
+    path = root / paths.dataset_meta(dataset, synthetic)
     if not path.exists():
-        raise ConfigError(f"dataset '{dataset}' not found at {path}; run `tdiag data synth {dataset}` first")
+        raise ConfigError(f"dataset '{dataset}' not found at {path}; run its data stages first (`tdiag stages`)")
     return json.loads(path.read_text())
+
+
+def build_workload(root: Path, rc: RunConfig, synthetic: bool, meta: dict, device):
+    """The one place a dataset kind picks its workload (batches, loss, evaluation)."""
+    folder = root / paths.dataset_dir(rc.dataset, synthetic)
+    if meta["kind"] == "language_model":
+        from tdiag.train.lm import LanguageModelWorkload
+
+        return LanguageModelWorkload(folder, meta, rc.train, device)
+    return Seq2SeqWorkload(folder, meta, rc.train, device)
 
 
 def train_run(cfg: Config, study: str, run: str, *, root: Path = Path("."), restart: bool = False) -> dict:
     """Train every seed of one run (each resuming from its checkpoint); returns the run summary."""
     rc = cfg.run(study, run)
-    meta = _read_meta(root, rc.dataset)
+    synthetic = isinstance(cfg.datasets[rc.dataset], SYNTHETIC)
+    meta = _read_meta(root, rc.dataset, synthetic)
     run_summary = root / paths.run_summary(study, run)
     run_summary.unlink(missing_ok=True)  # its presence must always mean "finished"
     with _logging_to(root / paths.run_dir(study, run) / "log"):
@@ -112,9 +123,7 @@ def train_run(cfg: Config, study: str, run: str, *, root: Path = Path("."), rest
             if reason:
                 raise ConfigError(f"studies.{study}.runs.{run}.train.precision: {reason}")
             log.info("run %s/%s on %s, seeds %s", study, run, choice.description, rc.seed_values())
-            workload = Seq2SeqWorkload(
-                root, rc.dataset, meta, rc.train.batch_size, rc.train.micro_batches, choice.device
-            )
+            workload = build_workload(root, rc, synthetic, meta, choice.device)
             seeds = []
             for seed in rc.seed_values():
                 files = SeedFiles(root, study, run, seed)
@@ -143,10 +152,13 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload, choice, re
             return done
     files.summary.unlink(missing_ok=True)
 
+    total_steps = tc.max_steps or tc.epochs * workload.steps_per_epoch
+    eval_every = tc.eval_every or workload.steps_per_epoch
     torch.manual_seed(tc.seed)
-    model = build_model(rc.model, *workload.vocab_sizes, meta["pad_id"]).to(device)
+    model = build_model(rc.model, *workload.vocab_sizes, workload.pad_id).to(device)
     optimizer = build_optimizer(model.parameters(), tc)
-    scheduler = build_scheduler(optimizer, tc, rc.model.d_model)
+    scheduler = build_scheduler(optimizer, tc, rc.model.d_model, total_steps)
+    workload.reset()
     scaler = torch.amp.GradScaler(device.type) if tc.precision == "fp16" else None
 
     state = TrainState()
@@ -156,7 +168,8 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload, choice, re
         saved = None
     if saved is not None:
         state = checkpoint.restore(saved, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
-        log.info("resuming from checkpoint at step %d (of %d)", state.step, tc.max_steps)
+        workload.load_state_dict(saved["workload"])
+        log.info("resuming from checkpoint at step %d (of %d)", state.step, total_steps)
     else:
         files.checkpoint.unlink(missing_ok=True)
 
@@ -169,7 +182,7 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload, choice, re
         return workload.evaluate(model, split, decode_limit)
 
     status, diverged_step = "completed", None
-    bar = tqdm(total=tc.max_steps, initial=state.step, desc=f"{files.run} seed {files.seed}",
+    bar = tqdm(total=total_steps, initial=state.step, desc=f"{files.run} seed {files.seed}",
                disable=None, file=sys.stderr)
     with open(files.metrics, "a") as metrics_file:
 
@@ -180,12 +193,13 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload, choice, re
             metrics_file.flush()
 
         if state.step == 0:  # the untrained baseline anchors every curve
-            emit({"kind": "eval", "split": "valid", "step": 0, **evaluate("valid", tc.eval_examples)})
+            emit({"kind": "eval", "split": "valid", "step": 0, "epoch": 0.0, **evaluate("valid", tc.eval_examples)})
         model.train()
-        while state.step < tc.max_steps:
+        while state.step < total_steps:
             step = state.step + 1
             record = _train_step(model, optimizer, scaler, workload, tc, step, device)
-            record.update(norms.pop())
+            record.update(norms.pop(), epoch=step / workload.steps_per_epoch,
+                          wall_seconds=time.perf_counter() - started)
             if not math.isfinite(record["loss"]):
                 emit({**record, "diverged": True})
                 status, diverged_step = "diverged", step
@@ -196,17 +210,15 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload, choice, re
             emit(record)
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", refresh=False)
-            if step % tc.eval_every == 0 or step == tc.max_steps:
+            if step % eval_every == 0 or step == total_steps:
                 result = evaluate("valid", tc.eval_examples)
-                emit({"kind": "eval", "split": "valid", "step": step, **result})
-                log.info(
-                    "step %d: valid loss %.4f, token accuracy %.4f, exact match %.4f, BLEU %.1f",
-                    step, result["loss"], result["token_accuracy"], result["exact_match"], result["bleu"],
-                )
-            if step % tc.checkpoint_every == 0 or step == tc.max_steps:
+                emit({"kind": "eval", "split": "valid", "step": step, "epoch": step / workload.steps_per_epoch,
+                      "wall_seconds": time.perf_counter() - started, **result})
+                log.info("step %d: valid %s", step, ", ".join(f"{k} {result[k]:.4g}" for k in workload.log_keys))
+            if step % tc.checkpoint_every == 0 or step == total_steps:
                 state.elapsed_seconds = time.perf_counter() - started
                 checkpoint.save(
-                    files.checkpoint, digest=digest, state=state,
+                    files.checkpoint, digest=digest, state=state, workload=workload.state_dict(),
                     model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                 )
     bar.close()
@@ -220,12 +232,12 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload, choice, re
         "status": status,
         "diverged_step": diverged_step,
         "steps": state.step,
-        "max_steps": tc.max_steps,
+        "max_steps": total_steps,
+        "steps_per_epoch": workload.steps_per_epoch,
         "test": evaluate("test", None) if finished else None,
         "valid": evaluate("valid", None) if finished else None,
         "samples": workload.samples(model) if finished else [],
-        "best_valid_exact_match": max((r["exact_match"] for r in evals), default=None),
-        "first_step_exact_match_1": next((r["step"] for r in evals if r["exact_match"] >= 1.0), None),
+        "best_valid": _best(evals, *workload.best),
         "wall_seconds": time.perf_counter() - started,
         "resumed_from": state.resumed_from,
         "peak_memory_bytes": devices.peak_memory_bytes(device),
@@ -236,9 +248,19 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload, choice, re
     atomic.write_json(files.summary, summary)
     log.info(
         "%s seed %d %s after %d steps%s", files.run, files.seed, status, state.step,
-        f": test exact match {summary['test']['exact_match']:.4f}" if finished else "",
+        ": test " + ", ".join(f"{k} {summary['test'][k]:.4g}" for k in workload.log_keys) if finished else "",
     )
     return summary
+
+
+def _best(evals: list[dict], metric: str, direction: str) -> dict | None:
+    """The best evaluation by the workload's headline metric (max or min), and its step."""
+    scored = [r for r in evals if r.get(metric) is not None]
+    if not scored:
+        return None
+    pick = max if direction == "max" else min
+    best = pick(scored, key=lambda r: r[metric])
+    return {"metric": metric, "value": best[metric], "step": best["step"]}
 
 
 def _train_step(model, optimizer, scaler, workload, tc, step: int, device) -> dict:

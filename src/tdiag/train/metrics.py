@@ -36,15 +36,17 @@ class ActivationNorms:
     def __init__(self, model: nn.Module):
         self._values: dict[str, torch.Tensor] = {}
         self._handles = []
-        for stack in ("encoder", "decoder"):
-            layers = getattr(getattr(model, stack, None), "layers", None)
-            for i, layer in enumerate(layers or []):
-                self._handles.append(layer.register_forward_hook(self._hook(f"{stack}.{i}")))
+        stacks = {"encoder": getattr(model, "encoder", None), "decoder": getattr(model, "decoder", None), "": model}
+        for stack, module in stacks.items():
+            for i, layer in enumerate(getattr(module, "layers", None) or []):
+                name = f"{stack}.{i}" if stack else f"layer.{i}"
+                self._handles.append(layer.register_forward_hook(self._hook(name)))
 
     def _hook(self, name: str):
         def record(_module, _inputs, output):
             if torch.is_grad_enabled():
-                self._values[name] = output.detach().float().norm(dim=-1).mean()
+                hidden = output[0] if isinstance(output, tuple) else output
+                self._values[name] = hidden.detach().float().norm(dim=-1).mean()
 
         return record
 

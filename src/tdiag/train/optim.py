@@ -27,8 +27,8 @@ def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
 
-def lr_multiplier(cfg: TrainConfig, step: int, d_model: int) -> float:
-    """Multiplier of `lr` for optimizer step `step` (1-based)."""
+def lr_multiplier(cfg: TrainConfig, step: int, d_model: int, total_steps: int | None = None) -> float:
+    """Multiplier of `lr` for optimizer step `step` (1-based) of `total_steps` (default max_steps)."""
     step = max(step, 1)
     warmup = cfg.warmup_steps
     if cfg.schedule == "noam":
@@ -38,13 +38,17 @@ def lr_multiplier(cfg: TrainConfig, step: int, d_model: int) -> float:
     if cfg.schedule == "constant":
         return 1.0
     if cfg.schedule == "cosine":
-        span = max(cfg.max_steps - warmup, 1)
+        span = max((total_steps or cfg.max_steps) - warmup, 1)
         progress = min((step - warmup) / span, 1.0)
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     raise ValueError(f"unknown schedule {cfg.schedule!r}")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, d_model: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, d_model: int, total_steps: int | None = None
+) -> torch.optim.lr_scheduler.LambdaLR:
     # LambdaLR calls the lambda with the number of scheduler.step() calls so far (0 at
     # construction); the +1 makes the first optimizer step use the step-1 rate.
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: lr_multiplier(cfg, done + 1, d_model))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda done: lr_multiplier(cfg, done + 1, d_model, total_steps)
+    )

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from tdiag import paths
+from tdiag.config import TrainConfig
 from tdiag.data.batching import PairedData, batch_indices, load_pairs
 from tdiag.train.metrics import bleu, exact_match, token_counts
 
@@ -26,17 +27,32 @@ class StepBatch:
 
 
 class Seq2SeqWorkload:
-    def __init__(self, root: Path, dataset: str, meta: dict, batch_size: int, micro_batches: int, device):
-        folder = root / paths.synthetic_dir(dataset)
+    """An encoder-decoder on `{split}.jsonl` token-id pairs described by `meta.json`."""
+
+    log_keys = ("loss", "token_accuracy", "exact_match", "bleu")
+    best = ("exact_match", "max")
+
+    def __init__(self, folder: Path, meta: dict, train: TrainConfig, device):
         self.meta = meta
         self.pad_id, self.go_id, self.stop_id = meta["pad_id"], meta["go_id"], meta["stop_id"]
         self.splits = {s: load_pairs(folder / f"{s}.jsonl", self.pad_id) for s in paths.SPLITS}
-        self.batch_size, self.micro_batches, self.device = batch_size, micro_batches, device
+        self.batch_size, self.micro_batches, self.device = train.batch_size, train.micro_batches, device
         self.tgt_tokens = meta["tgt_tokens"]
+        self.steps_per_epoch = max(len(self.splits["train"]) // self.batch_size, 1)
 
     @property
     def vocab_sizes(self) -> tuple[int, int]:
         return self.meta["src_vocab_size"], self.meta["tgt_vocab_size"]
+
+    # A seq2seq batch depends on (seed, step) alone: there is no state to carry or save.
+    def reset(self) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def train_batch(self, step: int, seed: int) -> StepBatch:
         """Batch of optimizer step `step` (1-based), a pure function of (seed, step)."""

@@ -1,0 +1,32 @@
+"""The `data fetch` stage: a corpus's files under resources/<corpus>/, and a record of
+where they came from (the mirror or the canonical URL), written last."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tdiag import atomic, paths
+from tdiag.data import corpora
+
+
+def fetch_corpus(name: str, out: Path | None, mirror: Path | None, root: Path = Path(".")) -> list[Path]:
+    info = corpora.corpus(name)
+    out = out if out is not None else root / paths.corpus_dir(name)
+    files = corpora.fetch(name, out, mirror)
+    source = {
+        "corpus": name,
+        "title": info.title,
+        "origin": "mirror" if mirror else "download",
+        "mirror": str(mirror) if mirror else None,
+        "url": info.url,
+        "checksum": f"{info.checksum.kind}:{info.checksum.value}",
+        "note": info.mirror_note if mirror else "",
+        "license": info.license,
+        "citation": info.citation,
+        "files": [str(p.relative_to(out)) for p in files],
+        "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic.write_json(out / paths.corpus_source(name).name, source)
+    print(f"{name}: {len(files)} files in {out} ({source['origin']})")
+    return files
