@@ -66,6 +66,19 @@ def test_every_seed_trains_in_its_own_folder_and_the_run_summary_averages_them(t
     assert result["test"]["token_accuracy"] == pytest.approx(sum(per_seed) / 2)
 
 
+def test_rerun_after_a_kill_keeps_finished_seeds_and_resumes_the_unfinished_one(tiny_project: Path):
+    two_seeds = ["--set", "studies.toy.seeds=2"]
+    tdiag(*two_seeds, "train", "toy", "copy", cwd=tiny_project)
+    before = summary(tiny_project)
+    # What a kill during seed 1, after its last checkpoint, leaves behind:
+    (tiny_project / RUN / "summary.json").unlink()
+    (tiny_project / RUN / "seed-1" / "summary.json").unlink()
+    again = tdiag(*two_seeds, "train", "toy", "copy", cwd=tiny_project)
+    assert "seed 0 already finished (completed): kept" in again.stderr
+    assert "resuming from checkpoint at step 60" in again.stderr
+    assert summary(tiny_project)["test"] == before["test"]
+
+
 def test_sigkilled_run_resumes_from_checkpoint_with_identical_losses(tmp_path: Path):
     params = tiny_params({"studies": {"toy": {"train": {"max_steps": 400, "checkpoint_every": 25, "eval_every": 200}}}})
     straight, killed = tmp_path / "straight", tmp_path / "killed"

@@ -33,6 +33,11 @@ def _finished_runs(root: Path, study: str) -> list[dict]:
     ]
 
 
+def variant_label(variant: dict) -> str:
+    """`model.init.tie_qk=True, ...` -> `tie_qk=True, ...`: the last key part is enough to read."""
+    return ", ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in variant.items())
+
+
 def load_runs(root: str | Path, study: str) -> pd.DataFrame:
     """One row per finished (run, seed): status, held-out metrics, variant and resolved config."""
     root = Path(root)
@@ -48,7 +53,7 @@ def load_runs(root: str | Path, study: str) -> pd.DataFrame:
             row.update(
                 grid=run_summary["grid"],
                 dataset=run_summary["dataset"],
-                variant=", ".join(f"{k}={v}" for k, v in run_summary["variant"].items()) or None,
+                variant=variant_label(run_summary["variant"]),
                 **_flatten("config.", provenance["config"]),
                 scale=provenance["scale"],
                 device_description=provenance["device"],
