@@ -128,8 +128,9 @@ def main() -> None:
     splits, _, _ = generate(SymbolTaskConfig(task="copy", n_train=20000, n_valid=500, n_test=1, seed=1))
     print(f"threads {args.threads}, d_ff {args.d_ff}, torch {torch.__version__}")
     results = []
-    for name in args.models:
-        for seed in range(args.seeds):
+    # Models interleaved per seed, so a slow stretch of the machine hits them alike.
+    for seed in range(args.seeds):
+        for name in args.models:
             r = run(name, seed, args, splits)
             results.append(r)
             print(f"{name:22s} seed {seed}: {r['ms_per_step']:6.2f} ms/step, {r['tokens_per_s']:8.0f} tokens/s, "

@@ -14,6 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 TINY_TRAIN = {"max_steps": 60, "eval_every": 20, "checkpoint_every": 20, "warmup_steps": 20, "batch_size": 50}
 
+MIRROR = REPO.parent / "shared" / "data"
+"""The offline data mirror beside the checkout (its README); tests that need it skip without it."""
+needs_mirror = pytest.mark.skipif(not MIRROR.is_dir(), reason=f"offline data mirror {MIRROR} not present")
+
 
 def _merge(base: dict, override: dict) -> dict:
     out = dict(base)
@@ -28,6 +32,8 @@ def tiny_params(extra: dict | None = None) -> dict:
     sizes at both scales."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for name, dataset in params["datasets"].items():
+        if dataset["task"] == "language_model":
+            continue  # _tiny_lm
         held_out = 4 if dataset["task"] == "structured" else 20
         dataset.update(n_train=300, n_valid=held_out, n_test=held_out)
     toy = params["studies"]["toy"]
@@ -36,8 +42,33 @@ def tiny_params(extra: dict | None = None) -> dict:
     toy["train"].update(TINY_TRAIN)
     toy["runs"] = {"copy": {"dataset": "copy"}, "dates": {"dataset": "dates"}}
     toy["grids"] = {"qk_wo": {"vary": {"model.init.tie_qk": [False, True]}}}
+    _tiny_lm(params)
+    _tiny_wmt14(params)
     params["scales"] = {"smoke": {}, "full": {}}
     return _merge(params, extra or {})
+
+
+def _tiny_lm(params: dict) -> None:
+    """The lm study in seconds: one LSTM and one GPT run, 16 wide, one epoch over the
+    first 3,000 tokens of the mirror's WikiText-2 re-split (an absolute mirror path,
+    since the project may run from a temporary copy)."""
+    params["data"]["mirror"] = str(MIRROR)
+    params["datasets"]["wikitext2"].update(train_tokens=3000, eval_tokens=2000)
+    lm = params["studies"]["lm"]
+    lm["model"].update(d_model=16, n_heads=2, d_ff=32, dropout=0.0)
+    lm["train"].update(epochs=1, batch_size=10, bptt=20, checkpoint_every=100)
+    lm["runs"] = {name: lm["runs"][name] for name in ("01-lstm-1l-adam", "06-gpt-1l-adamw")}
+
+
+def _tiny_wmt14(params: dict) -> None:
+    """The wmt14 study in seconds: 64/8/8 newstest2014 pairs from the mirror, 200 BPE
+    merges, a 16-wide 1 + 1 layer model, 30 steps, beam search of width 2."""
+    params["data"]["mirror"] = str(MIRROR)
+    params["datasets"]["wmt14_en_fr"].update(n_train=64, n_valid=8, n_test=8, bpe_merges=200)
+    wmt14 = params["studies"]["wmt14"]
+    wmt14["model"].update(d_model=16, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, d_ff=32)
+    wmt14["train"].update(max_steps=30, eval_every=15, eval_examples=8, checkpoint_every=15, warmup_steps=10,
+                          batch_tokens=400, beam_size=2)
 
 
 def write_params(folder: Path, params: dict) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, tiny_params, write_params
+from conftest import REPO, needs_mirror, tiny_params, write_params
 from tdiag import config, plan
 
 PROJECT_FILES = ("Snakefile", "workflow", "notebooks", "src", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore")
@@ -49,6 +49,8 @@ def _project_copy(tmp_path: Path) -> Path:
         elif source.exists():
             shutil.copy2(source, project / name)
     write_params(project, tiny_params())
+    # DVC runs what its dvc.yaml lists: the tiny configuration's stages, generated as the committed file is.
+    (project / "dvc.yaml").write_text(plan.dvc_yaml(plan.stages(config.load(project / "params.yaml"))))
     return project
 
 
@@ -67,9 +69,20 @@ def _check_outputs(project: Path) -> None:
     assert "injected-parameters" not in page
     index = (project / "reports/index.html").read_text()
     assert "toy.html" in index and "Scale" in index and "torch" in index
+    translation = json.loads((project / "results/runs/wmt14/overfit/summary.json").read_text())["per_seed"][0]
+    assert translation["status"] == "completed" and "tok:13a" in translation["train"]["bleu_signature"]
+    page = (project / "reports/wmt14.html").read_text()
+    assert "data:image/png;base64" in page and "not comparable" in page.lower()
+    assert "wmt14.html" in index
+    lm = json.loads((project / "results/runs/lm/01-lstm-1l-adam/summary.json").read_text())["per_seed"][0]
+    assert lm["status"] == "completed" and lm["best_valid"]["metric"] == "perplexity"
+    page = (project / "reports/lm.html").read_text()
+    assert "data:image/png;base64" in page and "WikiText-2 (offline re-split)" in page
+    assert "lm.html" in index
 
 
 @pytest.mark.slow
+@needs_mirror
 def test_snakemake_runs_the_smoke_pipeline_then_has_nothing_to_do(tmp_path: Path):
     project = _project_copy(tmp_path)
     snakemake = [sys.executable, "-m", "snakemake", "--cores", "2"]
@@ -80,6 +93,7 @@ def test_snakemake_runs_the_smoke_pipeline_then_has_nothing_to_do(tmp_path: Path
 
 
 @pytest.mark.slow
+@needs_mirror
 def test_dvc_repro_runs_the_smoke_pipeline_then_is_up_to_date(tmp_path: Path):
     project = _project_copy(tmp_path)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]

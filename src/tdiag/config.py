@@ -133,6 +133,12 @@ class LanguageModelTaskConfig(Frozen):
     corpus: Literal["wikitext2"] = "wikitext2"
     path: Optional[str] = None
     """A folder with the user's own wiki.{train,valid,test}.tokens; replaces the download."""
+    train_tokens: Optional[Annotated[int, Field(ge=1000)]] = None
+    """Keep only the first this many tokens of the training stream (null: all of it), so
+    an epoch fits the smoke scale; the vocabulary still comes from the whole training
+    file, and the data card records the cut."""
+    eval_tokens: Optional[Annotated[int, Field(ge=1000)]] = None
+    """The same for the validation and test streams (null: all of them)."""
 
 
 DatasetConfig = Annotated[
@@ -252,6 +258,21 @@ class RunConfig(Frozen):
     grid: Optional[str] = None
     variant: dict[str, Any] = {}
     """For a grid run: the varied keys (dotted paths) and this run's values."""
+
+    @model_validator(mode="after")
+    def _language_model_fits(self) -> "RunConfig":
+        # Checked here, at load time, so a bad pair fails before any stage runs.
+        if self.model.arch == "gpt" and self.train.bptt > self.model.max_len:
+            raise ValueError(
+                f"train.bptt ({self.train.bptt}) exceeds model.max_len ({self.model.max_len}): a GPT segment "
+                "must fit its position table; raise model.max_len or lower train.bptt"
+            )
+        if self.model.arch == "lstm" and self.train.micro_batches > 1:
+            raise ValueError(
+                f"train.micro_batches ({self.train.micro_batches}) must be 1 for an LSTM: its hidden state "
+                "carries across segments of the same streams, so a step cannot be split"
+            )
+        return self
 
     def digest(self, extra: Any = None) -> str:
         """Identity of the run's configuration (and `extra`, e.g. its dataset's config)."""
@@ -572,7 +593,9 @@ def resolve_run(cfg: Config, study: str, run: str, prefix: str = "") -> RunConfi
     if run not in runs:
         raise ConfigError(f"unknown run '{run}' in study '{study}'; runs: {', '.join(runs)}")
     where, overrides = runs[run]
-    defaults = st.model_dump(mode="json", exclude={"runs", "grids"}, exclude_none=True)
+    # Only the keys the study sets: an explicit null (e.g. `max_steps: null` beside
+    # `epochs`, `eval_every: null`) must reach the run, not fall back to its default.
+    defaults = st.model_dump(mode="json", exclude={"runs", "grids"}, exclude_unset=True)
     merged = deep_merge(defaults, overrides)
     try:
         rc = RunConfig.model_validate(merged)

@@ -107,6 +107,11 @@ def corpus_source(corpus: str) -> Path:
     return corpus_dir(corpus) / "source.json"
 
 
+def raw_text(dataset: str, split: str, lang: str) -> Path:
+    """A translation split's untokenised sentences (the references BLEU is computed against)."""
+    return prepared_dir(dataset) / f"{split}.raw.{lang}"
+
+
 def tokenized(dataset: str, split: str, lang: str) -> Path:
     return prepared_dir(dataset) / f"{split}.tok.{lang}"
 

@@ -32,17 +32,28 @@ def _code(*modules: str) -> tuple[str, ...]:
 DATA_CODE = _code("data/synthetic.py")
 TRAIN_CODE = _code(
     "data/batching.py",
+    "data/bpe.py",
+    "data/lm.py",
+    "data/wmt14.py",
     "models/__init__.py",
     "models/attention.py",
+    "models/decoding.py",
+    "models/gpt.py",
     "models/init.py",
+    "models/lstm.py",
     "models/transformer.py",
     "train/checkpoint.py",
+    "train/lm.py",
     "train/loop.py",
     "train/metrics.py",
     "train/optim.py",
     "train/seq2seq.py",
 )
-REPORT_CODE = _code("report/collect.py", "report/figures.py", "report/render.py")
+# Every report module, whichever a study's notebook imports (found next to this file,
+# so the list is the same wherever the project is checked out).
+REPORT_CODE = _code(
+    *sorted(f"report/{p.name}" for p in (Path(__file__).parent / "report").glob("*.py") if p.name != "__init__.py")
+)
 INDEX_CODE = _code("report/index.py", "report/render.py")
 
 
@@ -112,6 +123,7 @@ def _synthetic_stages(name: str, ds) -> list[Stage]:
 def _translation_stages(name: str, ds: TranslationTaskConfig) -> list[Stage]:
     langs = (ds.source_lang, ds.target_lang)
     tokenized = tuple(str(paths.tokenized(name, s, lang)) for s in paths.SPLITS for lang in langs)
+    raw = tuple(str(paths.raw_text(name, s, lang)) for s in paths.SPLITS for lang in langs)
     train_text = tuple(str(paths.tokenized(name, "train", lang)) for lang in langs)
     settings = (f"datasets.{name}", "scale", "scales")
     fingerprint = _fingerprint(ds.model_dump(mode="json"))
@@ -120,7 +132,7 @@ def _translation_stages(name: str, ds: TranslationTaskConfig) -> list[Stage]:
             name=f"data_prepare_{name}",
             args=("data", "prepare", name),
             deps=_fetched_files(ds) + _code("data/translation.py", "data/wmt14.py"),
-            outs=tokenized,
+            outs=raw + tokenized,
             params=settings,
             fingerprint=fingerprint,
         ),
@@ -135,7 +147,7 @@ def _translation_stages(name: str, ds: TranslationTaskConfig) -> list[Stage]:
         Stage(
             name=f"bpe_apply_{name}",
             args=("bpe", "apply", name),
-            deps=tokenized + (str(paths.bpe_codes(name)),) + _code("data/bpe.py", "data/translation.py"),
+            deps=raw + tokenized + (str(paths.bpe_codes(name)),) + _code("data/bpe.py", "data/translation.py"),
             outs=tuple(str(paths.bpe_text(name, s, lang)) for s in paths.SPLITS for lang in langs)
             + _dataset_files(name, ds),
             params=settings,

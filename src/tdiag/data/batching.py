@@ -63,3 +63,35 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor
     epoch, position = divmod(step, per_epoch)
     order = _epoch_order(n, seed, epoch)
     return order[position * batch_size : (position + 1) * batch_size]
+
+
+def token_buckets(lengths: list[int], max_tokens: int, tie_breaks: list[int] | None = None) -> list[torch.Tensor]:
+    """Example indices sorted by length and cut into batches whose padded size
+    (examples x longest length) stays within `max_tokens`; an example longer than
+    `max_tokens` is a batch of its own.
+
+    Batching sentences of similar length wastes little on padding (Vaswani et al. 2017,
+    section 5.1: "sentence pairs were batched together by approximate sequence length").
+    Ties in length are ordered by `tie_breaks` (e.g. the source lengths), then by index,
+    so the batches are the same on every run.
+    """
+    keys = tie_breaks or [0] * len(lengths)
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], keys[i], i))
+    buckets, current = [], []
+    for i in order:
+        # Sorted ascending, so the newest example is the longest of its batch.
+        if current and (len(current) + 1) * lengths[i] > max_tokens:
+            buckets.append(torch.tensor(current, dtype=torch.long))
+            current = []
+        current.append(i)
+    if current:
+        buckets.append(torch.tensor(current, dtype=torch.long))
+    return buckets
+
+
+def bucket_indices(buckets: list[torch.Tensor], seed: int, step: int) -> torch.Tensor:
+    """Example indices of batch `step` (0-based): each epoch visits every bucket once, in
+    an order drawn from (seed, epoch) alone, so a resumed run sees the same batches."""
+    epoch, position = divmod(step, len(buckets))
+    order = np.random.default_rng([seed, epoch]).permutation(len(buckets))
+    return buckets[int(order[position])]

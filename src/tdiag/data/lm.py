@@ -11,6 +11,10 @@ The stream is cut into `batch_size` contiguous rows (`batchify`), and read in se
 of `bptt` steps (`segment`): row b of every segment continues row b of the previous
 one, so an LSTM's state can carry across segments (truncated BPTT, Zaremba et al. 2014).
 Everything is a pure function of the tensors; the data position is just the segment index.
+
+`prepare` is the `data prepare` stage of a language-model dataset: the vocabulary of
+the training file, the three splits encoded as id streams, and `meta.json` (last) with
+the sizes and a data card saying what the text is and where it came from.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from typing import Iterator, Mapping
 
 import torch
 
-from tdiag.atomic import write_json
+from tdiag import paths
+from tdiag.atomic import atomic_path, write_json
+from tdiag.config import ConfigError, LanguageModelTaskConfig
 
 EOS = "<eos>"
 UNK = "<unk>"
@@ -124,3 +130,70 @@ def segment(data: torch.Tensor, start: int, bptt: int) -> tuple[torch.Tensor, to
         raise ValueError(f"segment start {start} is outside 0..{last - 1} for data of {data.size(1)} steps")
     length = min(bptt, last - start)
     return data[:, start : start + length], data[:, start + 1 : start + 1 + length]
+
+
+def _sources(cfg: LanguageModelTaskConfig, root: Path) -> tuple[Path, dict]:
+    """The folder holding wiki.{split}.tokens and where its text came from."""
+    if cfg.path:
+        return root / cfg.path, {"origin": "path", "path": cfg.path}
+    folder = root / paths.corpus_dir(cfg.corpus)
+    source = root / paths.corpus_source(cfg.corpus)
+    if not source.exists():
+        raise ConfigError(f"{source} is missing: fetch the corpus first with `tdiag data fetch {cfg.corpus}`")
+    return folder, json.loads(source.read_text(encoding="utf-8"))
+
+
+def data_label(source: dict) -> str:
+    """How reports must name the text: the offline mirror is a re-split, never plain WikiText-2."""
+    if source["origin"] == "path":
+        return f"user corpus at {source['path']}"
+    return "WikiText-2 (offline re-split)" if source["origin"] == "mirror" else "WikiText-2"
+
+
+def prepare(name: str, cfg: LanguageModelTaskConfig, root: Path = Path(".")) -> dict:
+    """Vocabulary from the training split; every split encoded (and cut to the configured
+    token counts) as a LongTensor in `{split}.pt`; `meta.json` written last."""
+    folder, source = _sources(cfg, root)
+    files = {split: folder / f"wiki.{split}.tokens" for split in paths.SPLITS}
+    for split, path in files.items():
+        if not path.is_file():
+            if cfg.path:
+                hint = f"point datasets.{name}.path at a folder holding wiki.{{train,valid,test}}.tokens"
+            else:
+                hint = f"fetch the corpus again with `tdiag data fetch {cfg.corpus}`"
+            raise ConfigError(f"dataset '{name}': {path} is missing ({split} split); {hint}")
+    vocab = Vocabulary.from_file(files["train"])
+    limits = {"train": cfg.train_tokens, "valid": cfg.eval_tokens, "test": cfg.eval_tokens}
+    full, kept, unk = {}, {}, {}
+    for split, path in files.items():
+        stream = vocab.encode_file(path)
+        full[split] = stream.numel()
+        stream = stream[: limits[split]].clone() if limits[split] else stream
+        kept[split] = stream.numel()
+        unk[split] = round(float((stream == vocab.unk_id).float().mean()), 5) if stream.numel() else 0.0
+        with atomic_path(root / paths.lm_split(name, split)) as tmp:
+            torch.save(stream, tmp)
+    vocab.save(root / paths.lm_vocab(name))
+    label = data_label(source)
+    cut = [f"first {kept[s]:,} of {full[s]:,} {s} tokens" for s in paths.SPLITS if kept[s] < full[s]]
+    meta = {
+        "name": name,
+        "kind": "language_model",
+        "config": cfg.model_dump(mode="json"),
+        "vocab_size": len(vocab),
+        "eos_id": vocab.eos_id,
+        "unk_id": vocab.unk_id,
+        "tokens": kept,
+        "source_tokens": full,
+        "unk_rate": unk,
+        "card": {
+            "label": label,
+            "subset": "; ".join(cut),
+            "description": label + (f", {'; '.join(cut)}" if cut else ""),
+            "source": source,
+            "files": {split: str(path) for split, path in files.items()},
+        },
+    }
+    write_json(root / paths.dataset_meta(name, False), meta)
+    print(f"dataset {name}: {meta['card']['description']}; vocabulary {len(vocab):,}; tokens {kept}")
+    return meta

@@ -144,8 +144,10 @@ def tokenize_pairs(pairs: list[Pair], src_lang: str = SRC_LANG, tgt_lang: str = 
 def subsets(pairs: list[Pair], sizes: dict[str, int], seed: int) -> dict[str, list[Pair]]:
     """Seeded, disjoint subsets, e.g. sizes={"train": 1024, "valid": 64, "test": 64}.
 
-    One shuffle of the pair indices is cut in the order of `sizes`, so no pair is in two
-    subsets and the same seed and sizes always give the same subsets.
+    One seeded permutation of all the pair indices is cut in the order of `sizes`, so no
+    pair is in two subsets, the same seed and sizes always give the same subsets, and a
+    subset depends only on the sizes listed before it (with held-out subsets listed first,
+    changing the training size leaves them as they are).
     """
     for name, size in sizes.items():
         if size < 0:
@@ -154,7 +156,7 @@ def subsets(pairs: list[Pair], sizes: dict[str, int], seed: int) -> dict[str, li
     if wanted > len(pairs):
         listed = ", ".join(f"{name}={size}" for name, size in sizes.items())
         raise ConfigError(f"subsets {listed} need {wanted} pairs but the corpus has only {len(pairs)}")
-    order = random.Random(seed).sample(range(len(pairs)), wanted)
+    order = random.Random(seed).sample(range(len(pairs)), len(pairs))
     out, start = {}, 0
     for name, size in sizes.items():
         out[name] = [pairs[i] for i in order[start : start + size]]

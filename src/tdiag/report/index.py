@@ -11,6 +11,12 @@ import pandas as pd
 from tdiag import devices, paths, provenance
 from tdiag.config import Config
 
+STUDY_QUESTIONS = {
+    "toy": "Does the from-scratch Transformer learn simple tasks, and which init choices, positions and warmup matter?",
+    "wmt14": "Is the whole translation path right (tokenisation, BPE, model, decoding, BLEU)? Overfit 1,024 WMT14 en-fr pairs.",
+    "lm": "LSTM vs GPT language models on WikiText-2, by depth and optimizer: perplexity, wall-clock, memory.",
+}
+
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
 table { border-collapse: collapse; margin: 1rem 0; } td, th { border: 1px solid #ccc; padding: .3rem .6rem; }
@@ -33,9 +39,10 @@ def index_html(cfg: Config, root: Path = Path(".")) -> str:
         finishes += list(runs["finished_at"])
         diverged = int((runs["status"] == "diverged").sum())
         link = paths.report_page(study).name
+        question = STUDY_QUESTIONS.get(study, "")
         rows.append(
-            f"<tr><td><a href='{link}'>{html.escape(study)}</a></td><td>{runs['run'].nunique()}</td>"
-            f"<td>{len(runs)}</td><td>{len(runs) - diverged}</td><td>{diverged}</td></tr>"
+            f"<tr><td><a href='{link}'>{html.escape(study)}</a></td><td>{html.escape(question)}</td>"
+            f"<td>{runs['run'].nunique()}</td><td>{len(runs)}</td><td>{diverged}</td></tr>"
         )
     hardware = devices.hardware_description()
     gpus = ", ".join(hardware.get("gpus") or []) or "none"
@@ -62,7 +69,7 @@ def index_html(cfg: Config, root: Path = Path(".")) -> str:
 <h1>transformer-diagnostics report</h1>
 <table>{fact_rows}</table>
 <h2>Studies</h2>
-<table><tr><th>study</th><th>runs</th><th>trained seeds</th><th>completed</th><th>diverged</th></tr>
+<table><tr><th>study</th><th>question</th><th>runs</th><th>seeds trained</th><th>seeds diverged</th></tr>
 {''.join(rows)}</table>
 </body></html>
 """

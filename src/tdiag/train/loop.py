@@ -192,8 +192,11 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload, choice, re
             metrics_file.write(json.dumps(record, sort_keys=True) + "\n")
             metrics_file.flush()
 
+        # Held-out curves are on valid; a workload may also follow other splits (e.g. train).
+        eval_splits = getattr(workload, "eval_splits", ("valid",))
         if state.step == 0:  # the untrained baseline anchors every curve
-            emit({"kind": "eval", "split": "valid", "step": 0, "epoch": 0.0, **evaluate("valid", tc.eval_examples)})
+            for split in eval_splits:
+                emit({"kind": "eval", "split": split, "step": 0, "epoch": 0.0, **evaluate(split, tc.eval_examples)})
         model.train()
         while state.step < total_steps:
             step = state.step + 1
@@ -211,10 +214,11 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload, choice, re
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", refresh=False)
             if step % eval_every == 0 or step == total_steps:
-                result = evaluate("valid", tc.eval_examples)
-                emit({"kind": "eval", "split": "valid", "step": step, "epoch": step / workload.steps_per_epoch,
-                      "wall_seconds": time.perf_counter() - started, **result})
-                log.info("step %d: valid %s", step, ", ".join(f"{k} {result[k]:.4g}" for k in workload.log_keys))
+                for split in eval_splits:
+                    result = evaluate(split, tc.eval_examples)
+                    emit({"kind": "eval", "split": split, "step": step, "epoch": step / workload.steps_per_epoch,
+                          "wall_seconds": time.perf_counter() - started, **result})
+                    log.info("step %d: %s %s", step, split, ", ".join(f"{k} {result[k]:.4g}" for k in workload.log_keys))
             if step % tc.checkpoint_every == 0 or step == total_steps:
                 state.elapsed_seconds = time.perf_counter() - started
                 checkpoint.save(
@@ -225,7 +229,7 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload, choice, re
     norms.remove()
 
     finished = status == "completed"
-    evals = [r for r in state.records if r.get("kind") == "eval"]
+    evals = [r for r in state.records if r.get("kind") == "eval" and r.get("split") == "valid"]
     summary = {
         "run": files.run,
         "seed": files.seed,
@@ -236,6 +240,7 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload, choice, re
         "steps_per_epoch": workload.steps_per_epoch,
         "test": evaluate("test", None) if finished else None,
         "valid": evaluate("valid", None) if finished else None,
+        "train": evaluate("train", None) if finished and "train" in eval_splits else None,
         "samples": workload.samples(model) if finished else [],
         "best_valid": _best(evals, *workload.best),
         "wall_seconds": time.perf_counter() - started,

@@ -73,7 +73,22 @@ def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
     from sacrebleu.metrics import BLEU
 
     metric = BLEU(tokenize="none")
-    if not hypotheses:
-        return 0.0, str(metric.get_signature())
     score = metric.corpus_score(hypotheses, [references])
     return float(score.score), str(metric.get_signature())
+
+
+def text_scores(hypotheses: list[str], references: list[str]) -> dict:
+    """Corpus BLEU and chrF (sacrebleu, 0-100) of detokenised text, each with its signature.
+
+    BLEU uses sacrebleu's default 13a tokenisation, the WMT convention (Post 2018, A Call
+    for Clarity in Reporting BLEU Scores), so the number depends on the text alone and
+    not on our tokeniser or BPE; chrF (Popović 2015) scores character n-grams, which
+    credits a partly right word that BLEU counts as wrong.
+    """
+    from sacrebleu.metrics import BLEU, CHRF
+
+    out = {}
+    for name, metric in (("bleu", BLEU()), ("chrf", CHRF())):
+        out[name] = float(metric.corpus_score(hypotheses, [references]).score)
+        out[f"{name}_signature"] = str(metric.get_signature())
+    return out

@@ -2,10 +2,18 @@
 
 The training loop (train/loop.py) is workload-agnostic: it asks a workload for the
 micro-batches of a step, the summed loss of one micro-batch, and evaluation metrics.
+
+Two kinds of data share this workload. Symbol and character tasks (data/synthetic.py)
+are scored on their own tokens: exact match, and BLEU with `tokenize="none"`. Text
+(`meta["text"]["kind"] == "bpe"`, data/translation.py) is scored as text: a decode is
+joined back into words (BPE undone) and Moses-detokenised, then compared with the raw
+reference sentence by sacreBLEU (13a) and chrF; the training split is evaluated beside
+the validation split, so an overfitting run shows how well it learnt its own pairs.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +23,16 @@ import torch.nn.functional as F
 
 from tdiag import paths
 from tdiag.config import TrainConfig
-from tdiag.data.batching import PairedData, batch_indices, load_pairs
-from tdiag.train.metrics import bleu, exact_match, token_counts
+from tdiag.data import bpe, wmt14
+from tdiag.data.batching import PairedData, batch_indices, bucket_indices, load_pairs, token_buckets
+from tdiag.models import decoding
+from tdiag.train.metrics import bleu, exact_match, text_scores, token_counts
+
+EVAL_TOKENS = 2048
+"""Padded target tokens per teacher-forced evaluation batch (bounds its (batch, length,
+vocabulary) logits; larger batches measured slower on CPU)."""
+DECODE_TOKENS = 8192
+"""Padded source tokens per decoding batch (each step holds only (rows, vocabulary) logits)."""
 
 
 @dataclass
@@ -26,19 +42,39 @@ class StepBatch:
     stats: dict  # extra per-step record fields
 
 
+def _lengths(rows: torch.Tensor, pad_id: int) -> list[int]:
+    return (rows != pad_id).sum(dim=1).tolist()
+
+
 class Seq2SeqWorkload:
     """An encoder-decoder on `{split}.jsonl` token-id pairs described by `meta.json`."""
-
-    log_keys = ("loss", "token_accuracy", "exact_match", "bleu")
-    best = ("exact_match", "max")
 
     def __init__(self, folder: Path, meta: dict, train: TrainConfig, device):
         self.meta = meta
         self.pad_id, self.go_id, self.stop_id = meta["pad_id"], meta["go_id"], meta["stop_id"]
         self.splits = {s: load_pairs(folder / f"{s}.jsonl", self.pad_id) for s in paths.SPLITS}
         self.batch_size, self.micro_batches, self.device = train.batch_size, train.micro_batches, device
+        self.beam_size = train.beam_size
         self.tgt_tokens = meta["tgt_tokens"]
-        self.steps_per_epoch = max(len(self.splits["train"]) // self.batch_size, 1)
+        self.text = meta.get("text") if (meta.get("text") or {}).get("kind") == "bpe" else None
+        if self.text:
+            self.raw = {s: _raw_text(folder / f"{s}.jsonl") for s in paths.SPLITS}
+            self.log_keys = ("loss", "token_accuracy", "bleu", "chrf")
+            self.best = ("bleu", "max")
+            self.eval_splits = ("valid", "train")
+        else:
+            self.log_keys = ("loss", "token_accuracy", "exact_match", "bleu")
+            self.best = ("exact_match", "max")
+            self.eval_splits = ("valid",)
+        train_split = self.splits["train"]
+        self.buckets = None
+        if train.batch_tokens:
+            self.buckets = token_buckets(
+                _lengths(train_split.tgt, self.pad_id), train.batch_tokens, _lengths(train_split.src, self.pad_id)
+            )
+            self.steps_per_epoch = len(self.buckets)
+        else:
+            self.steps_per_epoch = max(len(train_split) // self.batch_size, 1)
 
     @property
     def vocab_sizes(self) -> tuple[int, int]:
@@ -55,13 +91,17 @@ class Seq2SeqWorkload:
         pass
 
     def train_batch(self, step: int, seed: int) -> StepBatch:
-        """Batch of optimizer step `step` (1-based), a pure function of (seed, step)."""
+        """Batch of optimizer step `step` (1-based), a pure function of (seed, step):
+        `batch_size` shuffled examples, or with `batch_tokens` one length bucket."""
         train = self.splits["train"]
-        indices = batch_indices(len(train), self.batch_size, seed, step - 1)
+        if self.buckets is not None:
+            indices = bucket_indices(self.buckets, seed, step - 1)
+        else:
+            indices = batch_indices(len(train), self.batch_size, seed, step - 1)
         micro = [train.batch(chunk, self.pad_id) for chunk in indices.chunk(self.micro_batches)]
         n_tokens = sum(int((tgt[:, 1:] != self.pad_id).sum()) for _, tgt in micro)
         n_src = sum(int((src != self.pad_id).sum()) for src, _ in micro)
-        return StepBatch(micro, n_tokens, {"tokens": n_tokens, "src_tokens": n_src})
+        return StepBatch(micro, n_tokens, {"tokens": n_tokens, "src_tokens": n_src, "sentences": len(indices)})
 
     def loss(self, model, micro, n_tokens: int, label_smoothing: float) -> torch.Tensor:
         """Summed token loss of one micro-batch divided by the step's token count, so
@@ -74,27 +114,55 @@ class Seq2SeqWorkload:
         )
         return loss / n_tokens
 
-    def _text(self, ids: torch.Tensor) -> str:
-        """Content tokens between <go> and <stop>, space-separated (BLEU's tokens)."""
+    # ----------------------------------------------------------------- decoding
+
+    def _tokens(self, ids: torch.Tensor) -> list[str]:
+        """Content tokens between <go> and <stop>."""
         words = []
         for i in ids.tolist()[1:]:
             if i in (self.stop_id, self.pad_id):
                 break
             words.append(self.tgt_tokens[i])
-        return " ".join(words)
+        return words
+
+    def _hypothesis(self, ids: torch.Tensor) -> str:
+        """A decode as the text it is scored as: BPE undone and detokenised for text,
+        the task's tokens space-separated otherwise."""
+        text = " ".join(self._tokens(ids))
+        if self.text:
+            return wmt14.detokenize(bpe.undo(text), self.text["target_lang"])
+        return text
+
+    def _decode(self, model, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """Greedy or beam search (train.beam_size) for a batch of sources."""
+        if self.text:
+            # Real output lengths are not known in advance: allow 1.5 x the source + 10 (every
+            # WMT14 en-fr pair of the study fits; French runs ~1.1 x English in subwords).
+            length = min(src.shape[1] * 3 // 2 + 10, model.max_len)
+        else:
+            # One position beyond the target, so a prediction that runs on is caught.
+            length = min(tgt.shape[1] + 1, model.max_len)
+        if self.beam_size > 1:
+            return decoding.beam_search(model, src, length, self.go_id, self.stop_id, self.beam_size)[0]
+        return decoding.greedy(model, src, length, self.go_id, self.stop_id)
+
+    def _batches(self, data: PairedData, count: int, by: str, tokens: int) -> list[torch.Tensor]:
+        """The first `count` examples in batches of similar `by` ('src' or 'tgt') length."""
+        return token_buckets(_lengths(getattr(data, by)[:count], self.pad_id), tokens)
+
+    # --------------------------------------------------------------- evaluation
 
     @torch.no_grad()
-    def evaluate(self, model, split: str, decode_limit: int | None = None, batch_size: int = 500) -> dict:
-        """Teacher-forced loss, token accuracy and sequence accuracy over the whole
-        split; greedy-decoding exact match and BLEU over its first `decode_limit`."""
+    def evaluate(self, model, split: str, decode_limit: int | None = None) -> dict:
+        """Metrics of the first `decode_limit` examples of the split (all with None):
+        teacher-forced loss, token accuracy and sequence accuracy, and exact match,
+        BLEU (and chrF for text) of their decodes."""
         data: PairedData = self.splits[split]
         was_training = model.training
         model.eval()
         loss_sum, correct, total, tf_matches, matches = 0.0, 0, 0, 0, 0
-        hypotheses, references = [], []
         limit = len(data) if decode_limit is None else min(decode_limit, len(data))
-        for start in range(0, len(data), batch_size):
-            idx = torch.arange(start, min(start + batch_size, len(data)))
+        for idx in self._batches(data, limit, "tgt", EVAL_TOKENS):
             src, tgt = (t.to(self.device) for t in data.batch(idx, self.pad_id))
             logits = model(src, tgt[:, :-1])
             labels = tgt[:, 1:]
@@ -105,38 +173,54 @@ class Seq2SeqWorkload:
             correct, total = correct + c, total + n
             right = (logits.argmax(-1) == labels) | (labels == self.pad_id)
             tf_matches += int(right.all(dim=1).sum())
-            n_decode = max(0, min(limit - start, len(idx)))
-            if n_decode:
-                # One position beyond the target, so a prediction that runs on is caught.
-                length = min(tgt.shape[1] + 1, model.max_len)
-                predicted = model.greedy_decode(src[:n_decode], length, self.go_id, self.stop_id)
-                matches += int(exact_match(predicted, tgt[:n_decode], self.pad_id).sum())
-                hypotheses += [self._text(row) for row in predicted]
-                references += [self._text(row) for row in tgt[:n_decode]]
+        hypotheses = [""] * limit
+        for idx in self._batches(data, limit, "src", DECODE_TOKENS):
+            src, tgt = (t.to(self.device) for t in data.batch(idx, self.pad_id))
+            predicted = self._decode(model, src, tgt)
+            matches += int(exact_match(predicted, tgt, self.pad_id).sum())
+            for i, row in zip(idx.tolist(), predicted):
+                hypotheses[i] = self._hypothesis(row)
         model.train(was_training)
         loss = loss_sum / max(total, 1)
-        score, signature = bleu(hypotheses, references)
+        if self.text:
+            scores = text_scores(hypotheses, self.raw[split]["tgt"][:limit])
+        else:
+            references = [" ".join(self._tokens(row)) for row in data.tgt[:limit]]
+            score, signature = bleu(hypotheses, references)
+            scores = {"bleu": score, "bleu_signature": signature}
         return {
             "loss": loss,
             "perplexity": math.exp(min(loss, 50.0)),
             "token_accuracy": correct / max(total, 1),
-            "teacher_forced_exact_match": tf_matches / len(data),
-            "exact_match": matches / max(limit, 1),
-            "bleu": score,
-            "bleu_signature": signature,
-            "examples": len(data),
+            "teacher_forced_exact_match": tf_matches / limit,
+            "exact_match": matches / limit,
+            **scores,
+            "examples": limit,
             "decoded_examples": limit,
         }
 
-    def samples(self, model, split: str = "test", n: int = 5) -> list[dict]:
-        """A few greedy decodes beside their sources and references, for the report."""
-        data = self.splits[split]
-        idx = torch.arange(min(n, len(data)))
-        src, tgt = (t.to(self.device) for t in data.batch(idx, self.pad_id))
-        predicted = model.greedy_decode(src, min(tgt.shape[1] + 1, model.max_len), self.go_id, self.stop_id)
-        source_tokens = self.meta["src_tokens"]
+    @torch.no_grad()
+    def samples(self, model, n: int = 5) -> list[dict]:
+        """The first `n` decodes of the test split (and, for text, of the training split)
+        beside their sources and references, for the report."""
         out = []
-        for s, t, p in zip(src, tgt, predicted):
-            source = " ".join(source_tokens[i] for i in s.tolist()[1:] if i not in (self.pad_id, self.stop_id))
-            out.append({"source": source, "reference": self._text(t), "hypothesis": self._text(p)})
+        for split in ("test", "train") if self.text else ("test",):
+            data = self.splits[split]
+            idx = torch.arange(min(n, len(data)))
+            src, tgt = (t.to(self.device) for t in data.batch(idx, self.pad_id))
+            predicted = self._decode(model, src, tgt)
+            for i, (s, t, p) in enumerate(zip(src, tgt, predicted)):
+                if self.text:
+                    source, reference = self.raw[split]["src"][i], self.raw[split]["tgt"][i]
+                else:
+                    source_tokens = self.meta["src_tokens"]
+                    source = " ".join(source_tokens[j] for j in s.tolist()[1:] if j not in (self.pad_id, self.stop_id))
+                    reference = " ".join(self._tokens(t))
+                out.append({"split": split, "source": source, "reference": reference, "hypothesis": self._hypothesis(p)})
         return out
+
+
+def _raw_text(path: Path) -> dict[str, list[str]]:
+    """The untokenised source and target sentences stored beside the ids of a text split."""
+    records = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {"src": [r["src_text"] for r in records], "tgt": [r["tgt_text"] for r in records]}

@@ -1,0 +1,201 @@
+"""Translation datasets from a real corpus: subsets, Moses tokenisation, joint BPE, token ids.
+
+Three stages (plan.py), each a `tdiag` verb over one function here:
+
+- `prepare`: aligned sentence pairs from the fetched corpus, seeded disjoint subsets of
+  n_train / n_valid / n_test pairs, written as raw text (`{split}.raw.{lang}`, kept for
+  BLEU against real references) and Moses-tokenised text (`{split}.tok.{lang}`), line by
+  line aligned. With `training_corpus: newstest2014` (the offline mirror holds only
+  newstest2014) all three subsets are drawn from newstest2014; otherwise train comes
+  from that corpus and valid/test from newstest2014.
+- `learn_bpe`: joint subword-nmt codes over the tokenised training source and target
+  (Sennrich et al. 2016, section 3.2).
+- `apply_bpe`: every split segmented with the codes (`{split}.bpe.{lang}`), one joint
+  vocabulary from the segmented training text, and `{split}.jsonl` records in the
+  synthetic tasks' format (`{"src": ids, "tgt": ids}`, both from `<go>` to `<stop>`) plus
+  the pair's raw text (`src_text`, `tgt_text`). `meta.json`, with the data card, is last.
+
+Token ids: 0 <pad>, 1 <go>, 2 <stop>, 3 <unk>, then subwords, most frequent first. Source
+and target always share the vocabulary (joint BPE, joint vocabulary: there is no
+separate-vocabulary option); the model still keeps separate source and target embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tdiag import atomic, paths
+from tdiag.config import ConfigError, TranslationTaskConfig
+from tdiag.data import bpe, corpora, wmt14
+from tdiag.data.wmt14 import Pair
+
+SPECIALS = ["<pad>", "<go>", "<stop>", "<unk>"]
+PAD, GO, STOP, UNK = range(len(SPECIALS))
+NEWSTEST = "newstest2014"
+
+
+# ------------------------------------------------------------------------ prepare
+
+
+def _fetched(root: Path, corpus: str) -> Path:
+    """The folder `data fetch <corpus>` filled, refused with the command to run if it did not."""
+    folder = root / paths.corpus_dir(corpus)
+    if not (root / paths.corpus_source(corpus)).is_file():
+        raise ConfigError(
+            f"corpus '{corpus}' is not fetched ({folder} has no source.json); run `tdiag data fetch {corpus}`"
+        )
+    return folder
+
+
+def _parallel_text(folder: Path, corpus: str, src_lang: str, tgt_lang: str) -> list[Pair]:
+    """Line-aligned plain-text training corpus (Europarl, News Commentary); pairs with an empty side are skipped."""
+    files = {f.suffix.lstrip("."): f for f in corpora.corpus(corpus).outputs(folder)}
+    with open(files[src_lang], encoding="utf-8") as fs, open(files[tgt_lang], encoding="utf-8") as ft:
+        src, tgt = fs.read().splitlines(), ft.read().splitlines()
+    if len(src) != len(tgt):
+        raise ConfigError(f"{files[src_lang]} and {files[tgt_lang]} do not align: {len(src)} and {len(tgt)} lines")
+    return [
+        Pair(corpus, str(n), s.strip(), t.strip()) for n, (s, t) in enumerate(zip(src, tgt), 1) if s.strip() and t.strip()
+    ]
+
+
+def select_pairs(cfg: TranslationTaskConfig, root: Path = Path(".")) -> dict[str, list[Pair]]:
+    """The raw (untokenised) pairs of each split, a function of the fetched files and `cfg` alone."""
+    newstest = wmt14.newstest2014(_fetched(root, cfg.corpus))
+    # Held-out subsets are cut first, so they are the same whatever the training size or corpus.
+    if cfg.training_corpus == NEWSTEST:
+        return wmt14.subsets(newstest, {"valid": cfg.n_valid, "test": cfg.n_test, "train": cfg.n_train}, cfg.seed)
+    held_out = wmt14.subsets(newstest, {"valid": cfg.n_valid, "test": cfg.n_test}, cfg.seed)
+    folder = _fetched(root, cfg.training_corpus)
+    training = _parallel_text(folder, cfg.training_corpus, cfg.source_lang, cfg.target_lang)
+    return {**wmt14.subsets(training, {"train": cfg.n_train}, cfg.seed), **held_out}
+
+
+def _lines(texts: list[str]) -> str:
+    return "".join(t + "\n" for t in texts)
+
+
+def prepare(name: str, cfg: TranslationTaskConfig, root: Path = Path(".")) -> dict[str, int]:
+    """Write `{split}.raw.{lang}` and `{split}.tok.{lang}` for every split; returns the split sizes."""
+    splits = select_pairs(cfg, root)
+    for split, pairs in splits.items():
+        for lang, side in ((cfg.source_lang, "src"), (cfg.target_lang, "tgt")):
+            raw = [getattr(p, side) for p in pairs]
+            atomic.write_text(root / paths.raw_text(name, split, lang), _lines(raw))
+            atomic.write_text(root / paths.tokenized(name, split, lang), _lines(wmt14.tokenize(t, lang) for t in raw))
+    sizes = {split: len(pairs) for split, pairs in splits.items()}
+    print(f"dataset {name}: {sizes} pairs")
+    return sizes
+
+
+# ---------------------------------------------------------------------------- BPE
+
+
+def learn_bpe(name: str, cfg: TranslationTaskConfig, root: Path = Path(".")) -> Path:
+    """Joint BPE codes (`cfg.bpe_merges` merges) over the tokenised training source and target."""
+    train = [root / paths.tokenized(name, "train", lang) for lang in (cfg.source_lang, cfg.target_lang)]
+    codes = root / paths.bpe_codes(name)
+    bpe.learn(train, codes, cfg.bpe_merges)
+    return codes
+
+
+def _read_lines(path: Path) -> list[str]:
+    return Path(path).read_text(encoding="utf-8").splitlines()
+
+
+def apply_bpe(name: str, cfg: TranslationTaskConfig, root: Path = Path(".")) -> dict:
+    """Segment every split, build the joint vocabulary, write `{split}.jsonl` and `meta.json` (last)."""
+    langs = (cfg.source_lang, cfg.target_lang)
+    codes = root / paths.bpe_codes(name)
+    for split in paths.SPLITS:
+        for lang in langs:
+            bpe.apply(codes, root / paths.tokenized(name, split, lang), root / paths.bpe_text(name, split, lang))
+    counted = bpe.vocabulary([root / paths.bpe_text(name, "train", lang) for lang in langs])
+    tokens = SPECIALS + [t for t, _ in counted if t not in SPECIALS]
+    index = {t: i for i, t in enumerate(tokens)}
+
+    def encode(line: str) -> list[int]:
+        return [GO, *(index.get(t, UNK) for t in line.split()), STOP]
+
+    sizes, dropped, unknown, counts, lengths = {}, {}, {}, {}, {"src": 0, "tgt": 0}
+    for split in paths.SPLITS:
+        segmented = [_read_lines(root / paths.bpe_text(name, split, lang)) for lang in langs]
+        raw = [_read_lines(root / paths.raw_text(name, split, lang)) for lang in langs]
+        records = []
+        for src, tgt, src_text, tgt_text in zip(*segmented, *raw):
+            # Long training pairs are dropped to bound memory; held-out pairs never are, so
+            # every split keeps the sentences its BLEU is reported on.
+            if split == "train" and max(len(src.split()), len(tgt.split())) > cfg.max_tokens:
+                continue
+            records.append({"src": encode(src), "tgt": encode(tgt), "src_text": src_text, "tgt_text": tgt_text})
+        atomic.write_jsonl(root / paths.pairs_split(name, split), records)
+        sizes[split] = len(records)
+        dropped[split] = len(raw[0]) - len(records)
+        unknown[split] = sum(r[side].count(UNK) for r in records for side in ("src", "tgt"))
+        counts[split] = {side: sum(len(r[side]) - 2 for r in records) for side in ("src", "tgt")}
+        for side in lengths:
+            lengths[side] = max([lengths[side]] + [len(r[side]) for r in records])
+
+    meta = {
+        "name": name,
+        "kind": "seq2seq",
+        "config": cfg.model_dump(mode="json"),
+        "src_vocab_size": len(tokens),
+        "tgt_vocab_size": len(tokens),
+        "src_tokens": tokens,
+        "tgt_tokens": tokens,
+        "shared_vocabulary": True,
+        "character_level": False,
+        "pad_id": PAD,
+        "go_id": GO,
+        "stop_id": STOP,
+        "unk_id": UNK,
+        "max_src_len": lengths["src"],
+        "max_tgt_len": lengths["tgt"],
+        "sizes": sizes,
+        "text": {
+            "kind": "bpe",
+            "source_lang": cfg.source_lang,
+            "target_lang": cfg.target_lang,
+            "separator": bpe.SEPARATOR,
+        },
+        "card": data_card(name, cfg, root, sizes, dropped, unknown, counts, len(tokens)),
+    }
+    atomic.write_json(root / paths.dataset_meta(name, synthetic=False), meta)
+    print(f"dataset {name}: {sizes} pairs ({dropped['train']} long training pairs dropped), vocabulary {len(tokens)}")
+    return meta
+
+
+def data_card(
+    name: str, cfg: TranslationTaskConfig, root: Path, sizes: dict, dropped: dict, unknown: dict, counts: dict,
+    vocab_size: int,
+) -> dict:
+    """What the dataset is made of and where it came from, for the report."""
+
+    def source(corpus: str) -> dict:
+        record = json.loads((root / paths.corpus_source(corpus)).read_text())
+        keep = ("title", "origin", "mirror", "url", "checksum", "note", "license", "citation")
+        return {"corpus": corpus, **{k: record.get(k) for k in keep}}
+
+    corpora_used = [cfg.corpus] + ([cfg.training_corpus] if cfg.training_corpus != NEWSTEST else [])
+    return {
+        "dataset": name,
+        "language_pair": f"{cfg.source_lang}-{cfg.target_lang}",
+        "training_pairs_from": "newstest2014" if cfg.training_corpus == NEWSTEST else cfg.training_corpus,
+        "held_out_pairs_from": NEWSTEST,
+        "sources": [source(c) for c in corpora_used],
+        "subset_seed": cfg.seed,
+        "requested_sizes": {"train": cfg.n_train, "valid": cfg.n_valid, "test": cfg.n_test},
+        "sizes": sizes,
+        "dropped_long_pairs": dropped,
+        "max_tokens": cfg.max_tokens,
+        "subword_tokens": counts,
+        "unknown_tokens": unknown,
+        "tokenizer": "sacremoses: punctuation normalisation + tokenizer (escape off)",
+        "bpe": f"subword-nmt, joint codes over train {cfg.source_lang}+{cfg.target_lang}",
+        "bpe_merges": cfg.bpe_merges,
+        "vocabulary": "joint (shared by source and target), from the segmented training text",
+        "vocabulary_size": vocab_size,
+        "special_tokens": SPECIALS,
+    }
