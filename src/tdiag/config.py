@@ -300,6 +300,9 @@ class GridConfig(Frozen):
 
 
 class StudyConfig(Frozen):
+    priority: int = 0
+    """Snakemake starts ready jobs of higher-priority studies (and their data stages)
+    first: give the study with the longest runs the highest, so it overlaps the rest."""
     dataset: Optional[str] = None
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -595,7 +598,7 @@ def resolve_run(cfg: Config, study: str, run: str, prefix: str = "") -> RunConfi
     where, overrides = runs[run]
     # Only the keys the study sets: an explicit null (e.g. `max_steps: null` beside
     # `epochs`, `eval_every: null`) must reach the run, not fall back to its default.
-    defaults = st.model_dump(mode="json", exclude={"runs", "grids"}, exclude_unset=True)
+    defaults = st.model_dump(mode="json", exclude={"runs", "grids", "priority"}, exclude_unset=True)
     merged = deep_merge(defaults, overrides)
     try:
         rc = RunConfig.model_validate(merged)

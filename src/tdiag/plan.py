@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -69,6 +69,8 @@ class Stage:
     metrics: tuple[str, ...] = ()
     """Small JSON outputs DVC shows as metrics (also listed in `outs`)."""
     gpu: bool = False
+    priority: int = 0
+    """Snakemake's scheduling priority (the study's `priority`; DVC runs stages in order)."""
     fingerprint: str = field(default="", compare=False)
     """Digest of the resolved settings the stage uses: Snakemake reruns a rule when it changes."""
 
@@ -213,6 +215,7 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
                 params=(f"studies.{study}", "scale", "scales"),
                 metrics=(summary,),
                 gpu=True,
+                priority=cfg.studies[study].priority,
                 fingerprint=_fingerprint([cfg.resolved_scale, rc.model_dump(mode="json")]),
             )
         )
@@ -241,9 +244,27 @@ def _identifier(name: str) -> str:
     return re.sub(r"\W", "_", name)
 
 
+def _with_data_priorities(cfg: Config, data: list[Stage]) -> list[Stage]:
+    """A data stage inherits the highest priority of the studies that train on its
+    outputs' datasets, so a prioritised study's whole chain starts early."""
+    wanted: dict[str, int] = {}
+    for study, st in cfg.studies.items():
+        for run in cfg.run_names(study):
+            for path in _dataset_files(cfg.run(study, run).dataset, cfg.datasets[cfg.run(study, run).dataset]):
+                wanted[path] = max(wanted.get(path, 0), st.priority)
+    # Walk backwards: a stage whose outputs feed a prioritised stage gets its priority.
+    out: list[Stage] = []
+    for stage in reversed(data):
+        priority = max((wanted.get(o, 0) for o in stage.outs), default=0)
+        for dep in stage.deps:
+            wanted[dep] = max(wanted.get(dep, 0), priority)
+        out.append(replace(stage, priority=priority))
+    return out[::-1]
+
+
 def stages(cfg: Config) -> list[Stage]:
     """Every stage of the pipeline, in dependency order."""
-    out = _data_stages(cfg)
+    out = _with_data_priorities(cfg, _data_stages(cfg))
     for study in cfg.studies:
         out += _study_stages(cfg, study)
     pages = [str(paths.report_page(s)) for s in cfg.studies]

@@ -13,6 +13,7 @@ for stage in STAGES:
             fingerprint=stage.fingerprint,
             cmd=shlex.join(TDIAG + list(stage.args)),
         threads: TRAIN_THREADS if stage.gpu else 1
+        priority: stage.priority
         resources:
             gpu=int(stage.gpu),
         shell:

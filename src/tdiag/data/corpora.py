@@ -194,14 +194,19 @@ def describe(name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mirror_holds(corpus_name: str, mirror: Path | None) -> bool:
+    """Whether `fetch` takes this corpus from the mirror. The mirror is tried first
+    (DESIGN.md): a mirror without the corpus's folder falls back to the download; a
+    folder that is there but incomplete or corrupt is refused, never bypassed."""
+    return mirror is not None and (Path(mirror) / corpus(corpus_name).mirror_dir).is_dir()
+
+
 def fetch(corpus_name: str, out: Path, mirror: Path | None, *, progress: bool = True) -> list[Path]:
     """Put the corpus's final files under `out` (from `mirror` when given) and return their paths."""
     c = corpus(corpus_name)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    # The mirror is tried first (DESIGN.md): a mirror without this corpus's folder falls
-    # back to the download; a folder that is there but incomplete or corrupt is refused.
-    if mirror is not None and (Path(mirror) / c.mirror_dir).is_dir():
+    if mirror_holds(corpus_name, mirror):
         return _from_mirror(c, out, Path(mirror))
     if mirror is not None:
         print(f"{corpus_name}: mirror {mirror} has no {c.mirror_dir}/ folder; downloading {c.url}")

@@ -13,15 +13,16 @@ from tdiag.data import corpora
 def fetch_corpus(name: str, out: Path | None, mirror: Path | None, root: Path = Path(".")) -> list[Path]:
     info = corpora.corpus(name)
     out = out if out is not None else root / paths.corpus_dir(name)
+    from_mirror = corpora.mirror_holds(name, mirror)
     files = corpora.fetch(name, out, mirror)
     source = {
         "corpus": name,
         "title": info.title,
-        "origin": "mirror" if mirror else "download",
-        "mirror": str(mirror) if mirror else None,
+        "origin": "mirror" if from_mirror else "download",
+        "mirror": str(mirror) if from_mirror else None,
         "url": info.url,
         "checksum": f"{info.checksum.kind}:{info.checksum.value}",
-        "note": info.mirror_note if mirror else "",
+        "note": info.mirror_note if from_mirror else "",
         "license": info.license,
         "citation": info.citation,
         "files": [str(p.relative_to(out)) for p in files],

@@ -118,19 +118,21 @@ class FeedForward(nn.Module):
         return self.w_2(self.dropout(torch.relu(self.w_1(x))))  # (B, T, d)
 
 
-class EncoderLayer(nn.Module):
-    """Self-attention then FFN, each wrapped in a `Residual` (section 3.1)."""
+class SelfAttentionLayer(nn.Module):
+    """Self-attention then FFN, each wrapped in a `Residual` (section 3.1): an encoder
+    layer, and with `causal=True` the block of a decoder-only language model."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, causal: bool = False):
         super().__init__()
+        self.causal = causal
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.dropout, cfg.attention)
         self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
         self.self_attn_res = Residual(cfg.d_model, cfg.dropout, cfg.norm)
         self.ffn_res = Residual(cfg.d_model, cfg.dropout, cfg.norm)
 
-    def forward(self, x: Tensor, src_pad: Tensor) -> Tensor:
-        x = self.self_attn_res(x, lambda y: self.self_attn(y, y, src_pad))
-        return self.ffn_res(x, self.ffn)  # (B, S, d)
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        x = self.self_attn_res(x, lambda y: self.self_attn(y, y, key_padding_mask, causal=self.causal))
+        return self.ffn_res(x, self.ffn)  # (B, T, d)
 
 
 class DecoderLayer(nn.Module):
@@ -163,7 +165,7 @@ def _final_norm(cfg: ModelConfig) -> nn.Module:
 class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
+        self.layers = nn.ModuleList(SelfAttentionLayer(cfg) for _ in range(cfg.n_encoder_layers))
         self.norm = _final_norm(cfg)
 
     def forward(self, x: Tensor, src_pad: Tensor) -> Tensor:

@@ -38,6 +38,7 @@ class LanguageModelWorkload:
 
     log_keys = ("loss", "perplexity")
     best = ("perplexity", "min")
+    eval_splits = ("valid",)  # the training curve is the per-step loss, averaged per epoch
     pad_id = None  # segments are dense: no id is padding
 
     def __init__(self, folder: Path, meta: dict, train: TrainConfig, device):

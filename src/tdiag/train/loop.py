@@ -193,7 +193,7 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload, choice, re
             metrics_file.flush()
 
         # Held-out curves are on valid; a workload may also follow other splits (e.g. train).
-        eval_splits = getattr(workload, "eval_splits", ("valid",))
+        eval_splits = workload.eval_splits
         if state.step == 0:  # the untrained baseline anchors every curve
             for split in eval_splits:
                 emit({"kind": "eval", "split": split, "step": 0, "epoch": 0.0, **evaluate(split, tc.eval_examples)})
