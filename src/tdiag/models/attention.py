@@ -22,6 +22,7 @@ from typing import Callable, Literal, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 Backend = Literal["manual", "sdpa"]
 
@@ -52,7 +53,16 @@ def manual_attention(
 def sdpa_attention(
     q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], is_causal: bool, dropout_p: float
 ) -> Tensor:
-    """PyTorch's fused kernel; `is_causal` without a mask lets it use flash attention on GPU."""
+    """PyTorch's fused kernel; `is_causal` without a mask lets it use flash attention on GPU.
+
+    On the CPU, SDPA's own choice (its CPU flash kernel) costs more than its math kernel
+    at the short sequences and many small heads of these studies: 17.1 vs 13.9 ms per
+    copy-task step, and no faster on the GPT LM (benchmarks/RESULTS.md). So the CPU is
+    asked for the math kernel; GPUs keep SDPA's choice of flash / memory-efficient kernels.
+    """
+    if q.device.type == "cpu":
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
 
 
