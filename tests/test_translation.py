@@ -147,6 +147,26 @@ def test_ids_decode_back_to_the_segmented_text_through_one_joint_vocabulary(proj
 
 
 @needs_mirror
+def test_separate_vocabularies_hold_each_side_s_own_subwords(project, tmp_path):
+    separate = CFG.model_copy(update={"shared_vocab": False})
+    root = tmp_path / "separate"
+    fetch_corpus("wmt14", None, MIRROR, root)
+    translation.prepare(NAME, separate, root)
+    translation.learn_bpe(NAME, separate, root)
+    translation.apply_bpe(NAME, separate, root)
+    m = meta(root)
+    assert not m["shared_vocabulary"] and m["src_tokens"] != m["tgt_tokens"]
+    joint = set(meta(project)["tgt_tokens"])
+    assert set(m["src_tokens"]) | set(m["tgt_tokens"]) == joint  # together: the joint vocabulary
+    records = read_jsonl(root / paths.pairs_split(NAME, "train"))
+    for side, lang in (("src", "en"), ("tgt", "fr")):
+        segmented = {" ".join(line.split()) for line in lines(root / paths.bpe_text(NAME, "train", lang))}
+        for record in records:  # every training line decodes through its own side's vocabulary
+            assert " ".join(m[f"{side}_tokens"][i] for i in record[side][1:-1]) in segmented
+        assert m[f"{side}_vocab_size"] == len(m[f"{side}_tokens"])
+
+
+@needs_mirror
 def test_max_tokens_drops_long_training_pairs_only(project):
     m = meta(project)
     long_valid = [s for s in lines(data_file(project, "bpe_text", "valid", "fr")) if len(s.split()) > CFG.max_tokens]

@@ -120,6 +120,9 @@ class TranslationTaskConfig(Frozen):
     n_valid: Annotated[int, Field(ge=1)] = 64
     n_test: Annotated[int, Field(ge=1)] = 64
     bpe_merges: Annotated[int, Field(ge=1)] = 2000
+    shared_vocab: bool = True
+    """One vocabulary for both sides (from the BPE'd training text of both languages), or
+    a source vocabulary and a target vocabulary; the BPE codes are joint either way."""
     max_tokens: Annotated[int, Field(ge=4)] = 100
     """Pairs whose BPE source or target is longer are dropped from train (never from valid/test)."""
     seed: int = 1

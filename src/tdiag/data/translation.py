@@ -11,13 +11,14 @@ Three stages (plan.py), each a `tdiag` verb over one function here:
 - `learn_bpe`: joint subword-nmt codes over the tokenised training source and target
   (Sennrich et al. 2016, section 3.2).
 - `apply_bpe`: every split segmented with the codes (`{split}.bpe.{lang}`), one joint
-  vocabulary from the segmented training text, and `{split}.jsonl` records in the
+  vocabulary (or one per side) from the segmented training text, and `{split}.jsonl` records in the
   synthetic tasks' format (`{"src": ids, "tgt": ids}`, both from `<go>` to `<stop>`) plus
   the pair's raw text (`src_text`, `tgt_text`). `meta.json`, with the data card, is last.
 
 Token ids: 0 <pad>, 1 <go>, 2 <stop>, 3 <unk>, then subwords, most frequent first. Source
-and target always share the vocabulary (joint BPE, joint vocabulary: there is no
-separate-vocabulary option); the model still keeps separate source and target embeddings.
+and target share one vocabulary by default (`shared_vocab: true`; the BPE codes are
+joint either way); with `shared_vocab: false` each side gets the vocabulary of its own
+segmented training text. The model keeps separate source and target embeddings.
 """
 
 from __future__ import annotations
@@ -111,12 +112,18 @@ def apply_bpe(name: str, cfg: TranslationTaskConfig, root: Path = Path(".")) -> 
     for split in paths.SPLITS:
         for lang in langs:
             bpe.apply(codes, root / paths.tokenized(name, split, lang), root / paths.bpe_text(name, split, lang))
-    counted = bpe.vocabulary([root / paths.bpe_text(name, "train", lang) for lang in langs])
-    tokens = SPECIALS + [t for t, _ in counted if t not in SPECIALS]
-    index = {t: i for i, t in enumerate(tokens)}
+    def vocabulary(sides: tuple[str, ...]) -> list[str]:
+        counted = bpe.vocabulary([root / paths.bpe_text(name, "train", lang) for lang in sides])
+        return SPECIALS + [t for t, _ in counted if t not in SPECIALS]
 
-    def encode(line: str) -> list[int]:
-        return [GO, *(index.get(t, UNK) for t in line.split()), STOP]
+    if cfg.shared_vocab:
+        src_tokens = tgt_tokens = vocabulary(langs)
+    else:
+        src_tokens, tgt_tokens = vocabulary(langs[:1]), vocabulary(langs[1:])
+    indexes = {side: {t: i for i, t in enumerate(tokens)} for side, tokens in (("src", src_tokens), ("tgt", tgt_tokens))}
+
+    def encode(line: str, side: str) -> list[int]:
+        return [GO, *(indexes[side].get(t, UNK) for t in line.split()), STOP]
 
     sizes, dropped, unknown, counts, lengths = {}, {}, {}, {}, {"src": 0, "tgt": 0}
     for split in paths.SPLITS:
@@ -128,7 +135,9 @@ def apply_bpe(name: str, cfg: TranslationTaskConfig, root: Path = Path(".")) -> 
             # every split keeps the sentences its BLEU is reported on.
             if split == "train" and max(len(src.split()), len(tgt.split())) > cfg.max_tokens:
                 continue
-            records.append({"src": encode(src), "tgt": encode(tgt), "src_text": src_text, "tgt_text": tgt_text})
+            records.append(
+                {"src": encode(src, "src"), "tgt": encode(tgt, "tgt"), "src_text": src_text, "tgt_text": tgt_text}
+            )
         atomic.write_jsonl(root / paths.pairs_split(name, split), records)
         sizes[split] = len(records)
         dropped[split] = len(raw[0]) - len(records)
@@ -141,11 +150,11 @@ def apply_bpe(name: str, cfg: TranslationTaskConfig, root: Path = Path(".")) -> 
         "name": name,
         "kind": "seq2seq",
         "config": cfg.model_dump(mode="json"),
-        "src_vocab_size": len(tokens),
-        "tgt_vocab_size": len(tokens),
-        "src_tokens": tokens,
-        "tgt_tokens": tokens,
-        "shared_vocabulary": True,
+        "src_vocab_size": len(src_tokens),
+        "tgt_vocab_size": len(tgt_tokens),
+        "src_tokens": src_tokens,
+        "tgt_tokens": tgt_tokens,
+        "shared_vocabulary": cfg.shared_vocab,
         "character_level": False,
         "pad_id": PAD,
         "go_id": GO,
@@ -160,16 +169,19 @@ def apply_bpe(name: str, cfg: TranslationTaskConfig, root: Path = Path(".")) -> 
             "target_lang": cfg.target_lang,
             "separator": bpe.SEPARATOR,
         },
-        "card": data_card(name, cfg, root, sizes, dropped, unknown, counts, len(tokens)),
+        "card": data_card(name, cfg, root, sizes, dropped, unknown, counts, (len(src_tokens), len(tgt_tokens))),
     }
     atomic.write_json(root / paths.dataset_meta(name, synthetic=False), meta)
-    print(f"dataset {name}: {sizes} pairs ({dropped['train']} long training pairs dropped), vocabulary {len(tokens)}")
+    print(
+        f"dataset {name}: {sizes} pairs ({dropped['train']} long training pairs dropped), "
+        f"vocabulary {len(src_tokens)} source / {len(tgt_tokens)} target"
+    )
     return meta
 
 
 def data_card(
     name: str, cfg: TranslationTaskConfig, root: Path, sizes: dict, dropped: dict, unknown: dict, counts: dict,
-    vocab_size: int,
+    vocab_sizes: tuple[int, int],
 ) -> dict:
     """What the dataset is made of and where it came from, for the report."""
 
@@ -195,7 +207,11 @@ def data_card(
         "tokenizer": "sacremoses: punctuation normalisation + tokenizer (escape off)",
         "bpe": f"subword-nmt, joint codes over train {cfg.source_lang}+{cfg.target_lang}",
         "bpe_merges": cfg.bpe_merges,
-        "vocabulary": "joint (shared by source and target), from the segmented training text",
-        "vocabulary_size": vocab_size,
+        "vocabulary": (
+            "joint (shared by source and target), from the segmented training text"
+            if cfg.shared_vocab
+            else "separate source and target vocabularies, each from its side of the segmented training text"
+        ),
+        "vocabulary_size": vocab_sizes[0] if cfg.shared_vocab else {"source": vocab_sizes[0], "target": vocab_sizes[1]},
         "special_tokens": SPECIALS,
     }
