@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +70,16 @@ def _tiny_wmt14(params: dict) -> None:
     wmt14["model"].update(d_model=16, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, d_ff=32)
     wmt14["train"].update(max_steps=30, eval_every=15, eval_examples=8, checkpoint_every=15, warmup_steps=10,
                           batch_tokens=400, beam_size=2)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every in-process test runs tiny models, whose many small ops a second OpenMP thread
+    only slows down on a 2-core machine (subprocesses keep torch's own default)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_params(folder: Path, params: dict) -> Path:

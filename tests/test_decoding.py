@@ -12,15 +12,6 @@ PAD, GO, STOP = 0, 1, 2
 VOCAB = 12
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Decoding runs many tiny ops: on a busy machine a second thread only waits for a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def model_of(seed: int = 0, stop_bias: float = 1.5, dtype=torch.float64, **overrides):
     fields = dict(d_model=16, n_heads=2, n_encoder_layers=2, n_decoder_layers=2, d_ff=32, max_len=16)
     torch.manual_seed(seed)

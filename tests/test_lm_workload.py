@@ -24,15 +24,6 @@ VERBS = "sat ran slept jumped looked".split()
 LSTM_RUN, GPT_RUN = "01-lstm-1l-adam", "06-gpt-1l-adamw"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second OpenMP thread only waits on a core another process may hold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_corpus(folder: Path, lines=(300, 80, 80), seed: int = 0) -> Path:
     """Three small WikiText-style files of templated sentences ('the cat sat on the mat .'),
     with a word only the held-out splits use, so it becomes <unk> there."""

@@ -265,17 +265,8 @@ def test_decodes_are_scored_as_detokenised_text_against_the_raw_references(proje
     assert "@@" not in sample["hypothesis"]
 
 
-@pytest.fixture
-def one_thread():
-    """Decoding runs many tiny ops: on a busy machine a second thread only waits for a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @needs_mirror
-def test_a_tiny_translation_run_evaluates_train_and_valid_with_beam_search(project, one_thread):
+def test_a_tiny_translation_run_evaluates_train_and_valid_with_beam_search(project):
     params = {
         "data": {"mirror": str(MIRROR)},
         "datasets": {NAME: CFG.model_dump(mode="json")},
