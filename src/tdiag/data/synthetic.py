@@ -149,8 +149,15 @@ def write_dataset(name: str, cfg: DatasetConfig, root: Path = Path(".")) -> dict
     splits, src_tokens, tgt_tokens = generate(cfg)
     for split, examples in splits.items():
         atomic.write_jsonl(root / paths.synthetic_split(name, split), examples)
+    meta = seq2seq_meta(name, cfg, splits, src_tokens, tgt_tokens, character_level=not isinstance(cfg, SymbolTaskConfig))
+    atomic.write_json(root / paths.synthetic_meta(name), meta)
+    return meta
+
+
+def seq2seq_meta(name: str, cfg, splits: Splits, src_tokens: list[str], tgt_tokens: list[str], **extra) -> dict:
+    """The `meta.json` every seq2seq dataset shares (Seq2SeqWorkload reads it), plus `extra`."""
     every = [ex for examples in splits.values() for ex in examples]
-    meta = {
+    return {
         "name": name,
         "kind": "seq2seq",
         "config": cfg.model_dump(mode="json"),
@@ -158,13 +165,11 @@ def write_dataset(name: str, cfg: DatasetConfig, root: Path = Path(".")) -> dict
         "tgt_vocab_size": len(tgt_tokens),
         "src_tokens": src_tokens,
         "tgt_tokens": tgt_tokens,
-        "character_level": not isinstance(cfg, SymbolTaskConfig),
         "pad_id": PAD,
         "go_id": GO,
         "stop_id": STOP,
         "max_src_len": max(len(ex["src"]) for ex in every),
         "max_tgt_len": max(len(ex["tgt"]) for ex in every),
         "sizes": {split: len(examples) for split, examples in splits.items()},
+        **extra,
     }
-    atomic.write_json(root / paths.synthetic_meta(name), meta)
-    return meta

@@ -29,6 +29,7 @@ from pathlib import Path
 from tdiag import atomic, paths
 from tdiag.config import ConfigError, TranslationTaskConfig
 from tdiag.data import bpe, corpora, wmt14
+from tdiag.data.synthetic import seq2seq_meta
 from tdiag.data.wmt14 import Pair
 
 SPECIALS = ["<pad>", "<go>", "<stop>", "<unk>"]
@@ -112,6 +113,7 @@ def apply_bpe(name: str, cfg: TranslationTaskConfig, root: Path = Path(".")) -> 
     for split in paths.SPLITS:
         for lang in langs:
             bpe.apply(codes, root / paths.tokenized(name, split, lang), root / paths.bpe_text(name, split, lang))
+
     def vocabulary(sides: tuple[str, ...]) -> list[str]:
         counted = bpe.vocabulary([root / paths.bpe_text(name, "train", lang) for lang in sides])
         return SPECIALS + [t for t, _ in counted if t not in SPECIALS]
@@ -125,7 +127,7 @@ def apply_bpe(name: str, cfg: TranslationTaskConfig, root: Path = Path(".")) -> 
     def encode(line: str, side: str) -> list[int]:
         return [GO, *(indexes[side].get(t, UNK) for t in line.split()), STOP]
 
-    sizes, dropped, unknown, counts, lengths = {}, {}, {}, {}, {"src": 0, "tgt": 0}
+    splits, dropped, unknown, counts = {}, {}, {}, {}
     for split in paths.SPLITS:
         segmented = [_read_lines(root / paths.bpe_text(name, split, lang)) for lang in langs]
         raw = [_read_lines(root / paths.raw_text(name, split, lang)) for lang in langs]
@@ -139,38 +141,20 @@ def apply_bpe(name: str, cfg: TranslationTaskConfig, root: Path = Path(".")) -> 
                 {"src": encode(src, "src"), "tgt": encode(tgt, "tgt"), "src_text": src_text, "tgt_text": tgt_text}
             )
         atomic.write_jsonl(root / paths.pairs_split(name, split), records)
-        sizes[split] = len(records)
+        splits[split] = records
         dropped[split] = len(raw[0]) - len(records)
         unknown[split] = sum(r[side].count(UNK) for r in records for side in ("src", "tgt"))
         counts[split] = {side: sum(len(r[side]) - 2 for r in records) for side in ("src", "tgt")}
-        for side in lengths:
-            lengths[side] = max([lengths[side]] + [len(r[side]) for r in records])
 
-    meta = {
-        "name": name,
-        "kind": "seq2seq",
-        "config": cfg.model_dump(mode="json"),
-        "src_vocab_size": len(src_tokens),
-        "tgt_vocab_size": len(tgt_tokens),
-        "src_tokens": src_tokens,
-        "tgt_tokens": tgt_tokens,
-        "shared_vocabulary": cfg.shared_vocab,
-        "character_level": False,
-        "pad_id": PAD,
-        "go_id": GO,
-        "stop_id": STOP,
-        "unk_id": UNK,
-        "max_src_len": lengths["src"],
-        "max_tgt_len": lengths["tgt"],
-        "sizes": sizes,
-        "text": {
-            "kind": "bpe",
-            "source_lang": cfg.source_lang,
-            "target_lang": cfg.target_lang,
-            "separator": bpe.SEPARATOR,
-        },
-        "card": data_card(name, cfg, root, sizes, dropped, unknown, counts, (len(src_tokens), len(tgt_tokens))),
-    }
+    sizes = {split: len(records) for split, records in splits.items()}
+    meta = seq2seq_meta(
+        name, cfg, splits, src_tokens, tgt_tokens,
+        shared_vocabulary=cfg.shared_vocab,
+        character_level=False,
+        unk_id=UNK,
+        text={"kind": "bpe", "source_lang": cfg.source_lang, "target_lang": cfg.target_lang, "separator": bpe.SEPARATOR},
+        card=data_card(name, cfg, root, sizes, dropped, unknown, counts, (len(src_tokens), len(tgt_tokens))),
+    )
     atomic.write_json(root / paths.dataset_meta(name, synthetic=False), meta)
     print(
         f"dataset {name}: {sizes} pairs ({dropped['train']} long training pairs dropped), "
