@@ -262,6 +262,41 @@ def test_missing_file_is_a_config_error(tmp_path):
         load(tmp_path / "absent.yaml", env={})
 
 
+# -------------------------------------------------------------------- grids
+
+
+@pytest.mark.parametrize("scale", ["smoke", "full"])
+def test_committed_grid_variants_are_all_distinct(scale):
+    """Two runs of a study with the same resolved config would be a duplicated ablation."""
+    cfg = load(PARAMS, [f"scale={scale}"], env={})
+    for study_name, study in cfg.studies.items():
+        digests = {name: cfg.run(study_name, name).digest() for name in study.run_overrides()}
+        assert len(set(digests.values())) == len(digests), f"study {study_name}: duplicate runs"
+
+
+def test_linked_axis_sets_its_keys_together():
+    cfg = load(PARAMS, ["scale=smoke"], env={})
+    runs = {name: cfg.run("toy", name) for name in cfg.studies["toy"].run_overrides() if name.startswith("embedding-")}
+    assert len(runs) == 6  # 2 embedding stds x (learned at 2 position stds, sinusoidal)
+    sinusoidal = [run for run in runs.values() if run.model.positions == "sinusoidal"]
+    assert len(sinusoidal) == 2
+    assert all("model.init.position_std_ratio" not in run.variant for run in sinusoidal)
+    learned_ratios = sorted(run.model.init.position_std_ratio for run in runs.values() if run.model.positions == "learned")
+    assert learned_ratios == [0.7071, 0.7071, 1.0, 1.0]
+
+
+def test_axis_mixing_mappings_and_values_is_refused(raw):
+    raw["studies"]["toy"]["grids"]["embedding"]["vary"]["positions"].append("sinusoidal")
+    message = _error(raw)
+    assert "'studies.toy.grids.embedding.vary'" in message and "axis 'positions' mixes" in message
+
+
+def test_linked_axis_with_unknown_key_names_it(raw):
+    raw["studies"]["toy"]["grids"]["embedding"]["vary"]["positions"][0]["model.init.position_sd"] = 1.0
+    message = _error(raw)
+    assert "position_sd" in message
+
+
 # ---------------------------------------------------------------- overrides
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MIRROR_ENV = "TDIAG_DATA_MIRROR"
 SCALES = ("smoke", "full")
@@ -297,9 +297,40 @@ class GridConfig(Frozen):
     datasets: Optional[Annotated[list[str], Field(min_length=1)]] = None
     """Default: the study's dataset."""
     vary: Annotated[dict[str, Annotated[list[Any], Field(min_length=1)]], Field(min_length=1)]
-    """Dotted key (e.g. train.warmup_steps) -> values; the grid is their product."""
+    """Axis -> values; the grid is the product of the axes. An axis is a dotted key
+    (e.g. train.warmup_steps) with one value per variant, or a name whose values are
+    mappings of dotted keys, set together: a linked axis, for keys that only make sense
+    in some combinations (a learned-position std has no meaning for sinusoidal positions)."""
     overrides: dict[str, Any] = {}
     """Applied to every run of the grid before the varied values (same keys as a run)."""
+
+    @field_validator("vary")
+    @classmethod
+    def _axes_are_uniform(cls, vary: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for axis, values in vary.items():
+            linked = [isinstance(value, dict) for value in values]
+            if any(linked) and not all(linked):
+                raise ValueError(
+                    f"axis '{axis}' mixes mappings and plain values: either every value is a value of "
+                    f"the dotted key '{axis}', or every value is a mapping of dotted keys set together"
+                )
+            if all(linked) and any(not value for value in values):
+                raise ValueError(f"axis '{axis}': a linked value must set at least one dotted key")
+        return vary
+
+    def variants(self) -> list[dict[str, Any]]:
+        """Every combination, in order, as a flat mapping of dotted key -> value."""
+        axes = [
+            values if isinstance(values[0], dict) else [{axis: value} for value in values]
+            for axis, values in self.vary.items()
+        ]
+        out = []
+        for combination in itertools.product(*axes):
+            variant: dict[str, Any] = {}
+            for part in combination:
+                variant.update(part)
+            out.append(variant)
+        return out
 
 
 class StudyConfig(Frozen):
@@ -325,14 +356,13 @@ class StudyConfig(Frozen):
         """Every run name -> (where it is defined, its overrides of the study defaults)."""
         out = {name: (f"runs.{name}", overrides) for name, overrides in self.runs.items()}
         for grid_name, grid in self.grids.items():
-            keys = list(grid.vary)
             for dataset in grid.datasets or [self.dataset]:
-                for n, values in enumerate(itertools.product(*grid.vary.values()), start=1):
+                for n, variant in enumerate(grid.variants(), start=1):
                     name = f"{grid_name}-{dataset}-{n}" if grid.datasets and len(grid.datasets) > 1 else f"{grid_name}-{n}"
-                    overrides = deep_merge(grid.overrides, {"grid": grid_name, "variant": dict(zip(keys, values))})
+                    overrides = deep_merge(grid.overrides, {"grid": grid_name, "variant": variant})
                     if dataset:
                         overrides["dataset"] = dataset
-                    for key, value in zip(keys, values):
+                    for key, value in variant.items():
                         overrides = deep_merge(overrides, _nested(key, value))
                     if name in out:
                         raise ValueError(f"run name '{name}' of grid '{grid_name}' is also defined elsewhere")
