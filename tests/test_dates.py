@@ -142,3 +142,36 @@ def test_two_digit_years_only_when_the_span_is_at_most_a_century():
             with pytest.raises(ValueError):
                 datetime.datetime.strptime(source, PATTERNS[name])
         assert 1900 <= datetime.date.fromisoformat(target).year <= 2000
+
+
+def test_report_samples_show_dates_as_text_not_spaced_characters(tmp_path):
+    """The report's sample decodes join a character-level task's tokens back into text."""
+    import torch
+
+    from tdiag import paths
+    from tdiag.config import ModelConfig, TrainConfig
+    from tdiag.data.synthetic import write_dataset
+    from tdiag.models import build_model
+    from tdiag.train.seq2seq import Seq2SeqWorkload
+
+    cfg = DatesTaskConfig(first_year=1950, last_year=2049, n_train=40, n_valid=5, n_test=5, seed=1)
+    meta = write_dataset("dates", cfg, root=tmp_path)
+    workload = Seq2SeqWorkload(tmp_path / paths.synthetic_dir("dates"), meta, TrainConfig(batch_size=10), torch.device("cpu"))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(d_model=16, n_heads=2, d_ff=32, max_len=64), *workload.vocab_sizes, meta["pad_id"])
+    samples = workload.samples(model, n=3)
+    assert len(samples) == 3
+    for sample in samples:
+        assert datetime.date.fromisoformat(sample["reference"]) in _readings(sample["source"])
+        assert isinstance(sample["hypothesis"], str)
+
+
+def _readings(source: str) -> set[datetime.date]:
+    """Every date some format reads `source` as (a numeric format may read two ways)."""
+    dates = set()
+    for name in PATTERNS:
+        try:
+            dates.add(_parse(name, source))
+        except (ValueError, AssertionError):
+            continue
+    return dates

@@ -211,13 +211,18 @@ class Seq2SeqWorkload:
             predicted = self._decode(model, src, tgt)
             for i, (s, t, p) in enumerate(zip(src, tgt, predicted)):
                 if self.text:
-                    source, reference = self.raw[split]["src"][i], self.raw[split]["tgt"][i]
+                    source, reference, hypothesis = self.raw[split]["src"][i], self.raw[split]["tgt"][i], self._hypothesis(p)
                 else:
                     source_tokens = self.meta["src_tokens"]
-                    source = " ".join(source_tokens[j] for j in s.tolist()[1:] if j not in (self.pad_id, self.stop_id))
-                    reference = " ".join(self._tokens(t))
-                out.append({"split": split, "source": source, "reference": reference, "hypothesis": self._hypothesis(p)})
+                    source = self._shown([source_tokens[j] for j in s.tolist()[1:] if j not in (self.pad_id, self.stop_id)])
+                    reference, hypothesis = self._shown(self._tokens(t)), self._shown(self._tokens(p))
+                out.append({"split": split, "source": source, "reference": reference, "hypothesis": hypothesis})
         return out
+
+    def _shown(self, tokens: list[str]) -> str:
+        """Tokens as a reader sees them: characters joined back into text for character-level
+        tasks (`1981-04-11`, not `1 9 8 1 - ...`), symbols space-separated otherwise."""
+        return ("" if self.meta.get("character_level") else " ").join(tokens)
 
 
 def _raw_text(path: Path) -> dict[str, list[str]]:
