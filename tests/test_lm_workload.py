@@ -90,8 +90,8 @@ def test_prepare_before_fetch_tells_to_fetch(tmp_path: Path):
     done = tdiag("data", "prepare", "wikitext2", cwd=tmp_path, check=False)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "tdiag: error: resources/wikitext2/source.json is missing: fetch the corpus first with "
-        "`tdiag data fetch wikitext2`"
+        "tdiag: error: corpus 'wikitext2' is not fetched (resources/wikitext2/source.json is missing); "
+        "run `tdiag data fetch wikitext2`"
     ]
 
 

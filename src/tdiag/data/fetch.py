@@ -3,10 +3,12 @@ where they came from (the mirror or the canonical URL), written last."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
 from tdiag import atomic, paths
+from tdiag.config import ConfigError
 from tdiag.data import corpora
 
 
@@ -31,3 +33,12 @@ def fetch_corpus(name: str, out: Path | None, mirror: Path | None, root: Path = 
     atomic.write_json(out / paths.corpus_source(name).name, source)
     print(f"{name}: {len(files)} files in {out} ({source['origin']})")
     return files
+
+
+def fetched(corpus: str, root: Path = Path(".")) -> tuple[Path, dict]:
+    """The folder `data fetch <corpus>` filled and its source record; refused, naming the
+    command to run, when the corpus has not been fetched (its source.json comes last)."""
+    source = root / paths.corpus_source(corpus)
+    if not source.is_file():
+        raise ConfigError(f"corpus '{corpus}' is not fetched ({source} is missing); run `tdiag data fetch {corpus}`")
+    return root / paths.corpus_dir(corpus), json.loads(source.read_text(encoding="utf-8"))

@@ -31,6 +31,7 @@ import torch
 from tdiag import paths
 from tdiag.atomic import atomic_path, write_json
 from tdiag.config import ConfigError, LanguageModelTaskConfig
+from tdiag.data.fetch import fetched
 
 EOS = "<eos>"
 UNK = "<unk>"
@@ -136,11 +137,7 @@ def _sources(cfg: LanguageModelTaskConfig, root: Path) -> tuple[Path, dict]:
     """The folder holding wiki.{split}.tokens and where its text came from."""
     if cfg.path:
         return root / cfg.path, {"origin": "path", "path": cfg.path}
-    folder = root / paths.corpus_dir(cfg.corpus)
-    source = root / paths.corpus_source(cfg.corpus)
-    if not source.exists():
-        raise ConfigError(f"{source} is missing: fetch the corpus first with `tdiag data fetch {cfg.corpus}`")
-    return folder, json.loads(source.read_text(encoding="utf-8"))
+    return fetched(cfg.corpus, root)
 
 
 def data_label(source: dict) -> str:

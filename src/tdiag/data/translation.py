@@ -23,12 +23,12 @@ segmented training text. The model keeps separate source and target embeddings.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tdiag import atomic, paths
 from tdiag.config import ConfigError, TranslationTaskConfig
 from tdiag.data import bpe, corpora, wmt14
+from tdiag.data.fetch import fetched
 from tdiag.data.synthetic import seq2seq_meta
 from tdiag.data.wmt14 import Pair
 
@@ -38,16 +38,6 @@ NEWSTEST = "newstest2014"
 
 
 # ------------------------------------------------------------------------ prepare
-
-
-def _fetched(root: Path, corpus: str) -> Path:
-    """The folder `data fetch <corpus>` filled, refused with the command to run if it did not."""
-    folder = root / paths.corpus_dir(corpus)
-    if not (root / paths.corpus_source(corpus)).is_file():
-        raise ConfigError(
-            f"corpus '{corpus}' is not fetched ({folder} has no source.json); run `tdiag data fetch {corpus}`"
-        )
-    return folder
 
 
 def _parallel_text(folder: Path, corpus: str, src_lang: str, tgt_lang: str) -> list[Pair]:
@@ -64,12 +54,12 @@ def _parallel_text(folder: Path, corpus: str, src_lang: str, tgt_lang: str) -> l
 
 def select_pairs(cfg: TranslationTaskConfig, root: Path = Path(".")) -> dict[str, list[Pair]]:
     """The raw (untokenised) pairs of each split, a function of the fetched files and `cfg` alone."""
-    newstest = wmt14.newstest2014(_fetched(root, cfg.corpus))
+    newstest = wmt14.newstest2014(fetched(cfg.corpus, root)[0])
     # Held-out subsets are cut first, so they are the same whatever the training size or corpus.
     if cfg.training_corpus == NEWSTEST:
         return wmt14.subsets(newstest, {"valid": cfg.n_valid, "test": cfg.n_test, "train": cfg.n_train}, cfg.seed)
     held_out = wmt14.subsets(newstest, {"valid": cfg.n_valid, "test": cfg.n_test}, cfg.seed)
-    folder = _fetched(root, cfg.training_corpus)
+    folder, _ = fetched(cfg.training_corpus, root)
     training = _parallel_text(folder, cfg.training_corpus, cfg.source_lang, cfg.target_lang)
     return {**wmt14.subsets(training, {"train": cfg.n_train}, cfg.seed), **held_out}
 
@@ -170,7 +160,7 @@ def data_card(
     """What the dataset is made of and where it came from, for the report."""
 
     def source(corpus: str) -> dict:
-        record = json.loads((root / paths.corpus_source(corpus)).read_text())
+        _, record = fetched(corpus, root)
         keep = ("title", "origin", "mirror", "url", "checksum", "note", "license", "citation")
         return {"corpus": corpus, **{k: record.get(k) for k in keep}}
 
