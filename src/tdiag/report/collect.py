@@ -22,7 +22,8 @@ def _flatten(prefix: str, obj: dict) -> dict:
     return out
 
 
-def _finished_runs(root: Path, study: str) -> list[dict]:
+def finished_runs(root: Path, study: str) -> list[dict]:
+    """The summary of every finished run of the study (a run's summary.json is written last)."""
     folder = root / paths.RESULTS / "runs" / study
     if not folder.exists():
         return []
@@ -42,7 +43,7 @@ def load_runs(root: str | Path, study: str) -> pd.DataFrame:
     """One row per finished (run, seed): status, held-out metrics, variant and resolved config."""
     root = Path(root)
     rows = []
-    for run_summary in _finished_runs(root, study):
+    for run_summary in finished_runs(root, study):
         run = run_summary["run"]
         for seed_summary in run_summary["per_seed"]:
             seed = seed_summary["seed"]
@@ -73,7 +74,7 @@ def load_metrics(root: str | Path, study: str) -> pd.DataFrame:
     """Every per-step and evaluation record of the study's finished runs, with run and seed columns."""
     root = Path(root)
     frames = []
-    for run_summary in _finished_runs(root, study):
+    for run_summary in finished_runs(root, study):
         run = run_summary["run"]
         for seed in run_summary["seeds"]:
             lines = (root / paths.seed_metrics(study, run, seed)).read_text().splitlines()
@@ -87,7 +88,7 @@ def load_metrics(root: str | Path, study: str) -> pd.DataFrame:
 def load_samples(root: str | Path, study: str) -> pd.DataFrame:
     """The sample decodes each run's first seed stored in its summary."""
     rows = []
-    for run_summary in _finished_runs(Path(root), study):
+    for run_summary in finished_runs(Path(root), study):
         first = run_summary["per_seed"][0]
         rows += [{"run": run_summary["run"], **sample} for sample in first.get("samples", [])]
     return pd.DataFrame(rows)

@@ -137,7 +137,6 @@ def data_statement(root: str | Path, runs: pd.DataFrame) -> str:
     return "\n\n".join(lines)
 
 
-
 def _axes(ax, x: str, log_y: bool) -> None:
     """Whole epochs on an epoch axis; plain numbers on a log perplexity axis."""
     if x == "epoch":

@@ -11,6 +11,7 @@ import seaborn as sns
 
 from tdiag import paths
 from tdiag.data import bpe, wmt14
+from tdiag.report import collect
 from tdiag.train.metrics import text_scores
 
 SPLIT_ORDER = ["train", "valid"]
@@ -53,12 +54,7 @@ def published_results() -> pd.DataFrame:
 
 def _seed_summaries(root: Path, study: str) -> list[tuple[dict, dict]]:
     """(run summary, seed summary) of every finished run of the study."""
-    folder = Path(root) / paths.RESULTS / "runs" / study
-    out = []
-    for summary in sorted(folder.glob("*/summary.json")):
-        run = json.loads(summary.read_text())
-        out += [(run, seed) for seed in run["per_seed"]]
-    return out
+    return [(run, seed) for run in collect.finished_runs(Path(root), study) for seed in run["per_seed"]]
 
 
 def bleu_ceiling(root: str | Path, dataset: str, split: str) -> float:
@@ -141,15 +137,12 @@ def learning_curves(metrics: pd.DataFrame, title: str = ""):
 
 def samples(root: str | Path, study: str, split: str, n: int = 5) -> pd.DataFrame:
     """The first `n` sample translations of `split` stored by each run's first seed."""
-    rows = []
-    seen = set()
-    for run, seed in _seed_summaries(Path(root), study):
-        if run["run"] in seen:
-            continue
-        seen.add(run["run"])
-        rows += [{"run": run["run"], **s} for s in seed.get("samples", []) if s.get("split") == split][:n]
     columns = ["run", "source", "reference", "hypothesis"]
-    return pd.DataFrame(rows, columns=columns).set_index("run")
+    stored = collect.load_samples(root, study)
+    if stored.empty:
+        return pd.DataFrame(columns=columns).set_index("run")
+    chosen = stored[stored["split"] == split].groupby("run", sort=False).head(n)
+    return chosen[columns].set_index("run")
 
 
 def data_card(root: str | Path, dataset: str) -> pd.DataFrame:
