@@ -43,6 +43,8 @@ def tiny_params(extra: dict | None = None) -> dict:
     toy["train"].update(TINY_TRAIN)
     toy["runs"] = {"copy": {"dataset": "copy"}, "dates": {"dataset": "dates"}}
     toy["grids"] = {"qk_wo": {"vary": {"model.init.tie_qk": [False, True]}}}
+    # An absolute mirror path: the project may run from a temporary copy.
+    params["data"]["mirror"] = str(MIRROR)
     _tiny_lm(params)
     _tiny_wmt14(params)
     params["scales"] = {"smoke": {}, "full": {}}
@@ -51,9 +53,7 @@ def tiny_params(extra: dict | None = None) -> dict:
 
 def _tiny_lm(params: dict) -> None:
     """The lm study in seconds: one LSTM and one GPT run, 16 wide, one epoch over the
-    first 3,000 tokens of the mirror's WikiText-2 re-split (an absolute mirror path,
-    since the project may run from a temporary copy)."""
-    params["data"]["mirror"] = str(MIRROR)
+    first 3,000 tokens of the mirror's WikiText-2 re-split."""
     params["datasets"]["wikitext2"].update(train_tokens=3000, eval_tokens=2000)
     lm = params["studies"]["lm"]
     lm["model"].update(d_model=16, n_heads=2, d_ff=32, dropout=0.0)
@@ -64,7 +64,6 @@ def _tiny_lm(params: dict) -> None:
 def _tiny_wmt14(params: dict) -> None:
     """The wmt14 study in seconds: 64/8/8 newstest2014 pairs from the mirror, 200 BPE
     merges, a 16-wide 1 + 1 layer model, 30 steps, beam search of width 2."""
-    params["data"]["mirror"] = str(MIRROR)
     params["datasets"]["wmt14_en_fr"].update(n_train=64, n_valid=8, n_test=8, bpe_merges=200)
     wmt14 = params["studies"]["wmt14"]
     wmt14["model"].update(d_model=16, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, d_ff=32)

@@ -249,8 +249,8 @@ def _with_data_priorities(cfg: Config, data: list[Stage]) -> list[Stage]:
     outputs' datasets, so a prioritised study's whole chain starts early."""
     wanted: dict[str, int] = {}
     for study, st in cfg.studies.items():
-        for run in cfg.run_names(study):
-            for path in _dataset_files(cfg.run(study, run).dataset, cfg.datasets[cfg.run(study, run).dataset]):
+        for dataset in {cfg.run(study, run).dataset for run in cfg.run_names(study)}:
+            for path in _dataset_files(dataset, cfg.datasets[dataset]):
                 wanted[path] = max(wanted.get(path, 0), st.priority)
     # Walk backwards: a stage whose outputs feed a prioritised stage gets its priority.
     out: list[Stage] = []
