@@ -27,11 +27,11 @@ import torch
 
 from tdiag import devices
 from tdiag.config import LanguageModelTaskConfig, ModelConfig, TrainConfig
-from tdiag.data.lm import prepare
+from tdiag.data.language_model import prepare
 from tdiag.devices import peak_memory_bytes
 from tdiag.models import build_model
 from tdiag.paths import prepared_dir
-from tdiag.train.lm import LanguageModelWorkload
+from tdiag.train.language_model_workload import LanguageModelWorkload
 
 MODELS = {
     "LSTM 2x200 (fused)": ModelConfig(arch="lstm", d_model=200, n_layers=2, lstm_impl="fused"),

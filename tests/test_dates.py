@@ -152,7 +152,7 @@ def test_report_samples_show_dates_as_text_not_spaced_characters(tmp_path):
     from tdiag.config import ModelConfig, TrainConfig
     from tdiag.data.synthetic import write_dataset
     from tdiag.models import build_model
-    from tdiag.train.seq2seq import Seq2SeqWorkload
+    from tdiag.train.seq2seq_workload import Seq2SeqWorkload
 
     cfg = DatesTaskConfig(first_year=1950, last_year=2049, n_train=40, n_valid=5, n_test=5, seed=1)
     meta = write_dataset("dates", cfg, root=tmp_path)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tdiag.data.lm import EOS, UNK, Vocabulary, batchify, n_segments, segment
+from tdiag.data.language_model import EOS, UNK, Vocabulary, batchify, n_segments, segment
 
 MIRROR_TRAIN = Path("/work/shared/data/wikitext-2-mini/wiki.train.tokens")
 

@@ -13,10 +13,10 @@ import torch
 from conftest import MIRROR, needs_mirror, tdiag, tiny_params, write_params
 from tdiag import config, paths
 from tdiag.config import ConfigError, LanguageModelTaskConfig, ModelConfig, TrainConfig
-from tdiag.data import lm as lm_data
+from tdiag.data import language_model as lm_data
 from tdiag.models import build_model
 from tdiag.train import checkpoint
-from tdiag.train.lm import EVAL_STREAMS, LanguageModelWorkload
+from tdiag.train.language_model_workload import EVAL_STREAMS, LanguageModelWorkload
 from tdiag.train.loop import train_run
 
 NOUNS = "cat dog bird fox mat tree house river".split()

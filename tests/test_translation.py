@@ -1,4 +1,4 @@
-"""WMT14 en-fr translation data (data/translation.py) and its workload (train/seq2seq.py):
+"""WMT14 en-fr translation data (data/translation.py) and its workload (train/seq2seq_workload.py):
 subsets from the offline mirror, joint BPE, token ids, batches by tokens, text BLEU/chrF."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tdiag.data.fetch import fetch_corpus
 from tdiag.report import translation as translation_report
 from tdiag.train.loop import train_run
 from tdiag.train.metrics import bleu, text_scores
-from tdiag.train.seq2seq import Seq2SeqWorkload
+from tdiag.train.seq2seq_workload import Seq2SeqWorkload
 
 MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_mirror = pytest.mark.skipif(

@@ -82,9 +82,9 @@ def run(argv: list[str]) -> int:
 
             translation.prepare(args.dataset, ds, root)
         else:
-            from tdiag.data import lm
+            from tdiag.data import language_model
 
-            lm.prepare(args.dataset, ds, root)
+            language_model.prepare(args.dataset, ds, root)
     elif args.verb == "bpe":
         from tdiag.data import translation
 

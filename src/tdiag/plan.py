@@ -33,7 +33,7 @@ DATA_CODE = _code("data/synthetic.py")
 TRAIN_CODE = _code(
     "data/batching.py",
     "data/bpe.py",
-    "data/lm.py",
+    "data/language_model.py",
     "data/wmt14.py",
     "models/__init__.py",
     "models/attention.py",
@@ -43,11 +43,11 @@ TRAIN_CODE = _code(
     "models/lstm.py",
     "models/transformer.py",
     "train/checkpoint.py",
-    "train/lm.py",
+    "train/language_model_workload.py",
     "train/loop.py",
     "train/metrics.py",
     "train/optim.py",
-    "train/seq2seq.py",
+    "train/seq2seq_workload.py",
 )
 # Every report module, whichever a study's notebook imports (found next to this file,
 # so the list is the same wherever the project is checked out).
@@ -166,7 +166,7 @@ def _language_model_stages(name: str, ds: LanguageModelTaskConfig) -> list[Stage
         Stage(
             name=f"data_prepare_{name}",
             args=("data", "prepare", name),
-            deps=sources + _code("data/lm.py"),
+            deps=sources + _code("data/language_model.py"),
             outs=(str(paths.lm_vocab(name)),) + _dataset_files(name, ds),
             params=(f"datasets.{name}",),
             fingerprint=_fingerprint(ds.model_dump(mode="json")),

@@ -32,7 +32,7 @@ from tdiag.train import checkpoint
 from tdiag.train.checkpoint import TrainState
 from tdiag.train.metrics import ActivationNorms
 from tdiag.train.optim import build_optimizer, build_scheduler
-from tdiag.train.seq2seq import Seq2SeqWorkload
+from tdiag.train.seq2seq_workload import Seq2SeqWorkload
 
 log = logging.getLogger("tdiag.train")
 
@@ -101,7 +101,7 @@ def build_workload(root: Path, rc: RunConfig, synthetic: bool, meta: dict, devic
     """The one place a dataset kind picks its workload (batches, loss, evaluation)."""
     folder = root / paths.dataset_dir(rc.dataset, synthetic)
     if meta["kind"] == "language_model":
-        from tdiag.train.lm import LanguageModelWorkload
+        from tdiag.train.language_model_workload import LanguageModelWorkload
 
         return LanguageModelWorkload(folder, meta, rc.train, device)
     return Seq2SeqWorkload(folder, meta, rc.train, device)

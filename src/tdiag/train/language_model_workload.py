@@ -1,7 +1,7 @@
 """The language-model workload: contiguous bptt segments, truncated BPTT, perplexity.
 
 The training stream is cut into `batch_size` contiguous rows and read in segments of
-`bptt` steps in order (data/lm.py), as in PyTorch's word_language_model example and
+`bptt` steps in order (data/language_model.py), as in PyTorch's word_language_model example and
 Zaremba et al. 2014: optimizer step s trains on segment (s - 1) mod steps_per_epoch.
 
 - LSTM: the hidden state carries from one segment to the next, detached (truncated
@@ -25,9 +25,9 @@ import torch.nn.functional as F
 
 from tdiag import devices, paths
 from tdiag.config import ConfigError, TrainConfig
-from tdiag.data.lm import Vocabulary, batchify, n_segments, segment
+from tdiag.data.language_model import Vocabulary, batchify, n_segments, segment
 from tdiag.models.lstm import LSTMLanguageModel
-from tdiag.train.seq2seq import StepBatch
+from tdiag.train.seq2seq_workload import StepBatch
 
 EVAL_STREAMS = 10
 """Rows of a held-out split (`eval_batch_size` of PyTorch's word_language_model example)."""
