@@ -48,6 +48,7 @@ TRAIN_CODE = _code(
     "train/metrics.py",
     "train/optim.py",
     "train/seq2seq_workload.py",
+    "train/workload.py",
 )
 # Every report module, whichever a study's notebook imports (found next to this file,
 # so the list is the same wherever the project is checked out).

@@ -27,7 +27,7 @@ from tdiag import devices, paths
 from tdiag.config import ConfigError, TrainConfig
 from tdiag.data.language_model import Vocabulary, batchify, n_segments, segment
 from tdiag.models.lstm import LSTMLanguageModel
-from tdiag.train.seq2seq_workload import StepBatch
+from tdiag.train.workload import StepBatch
 
 EVAL_STREAMS = 10
 """Rows of a held-out split (`eval_batch_size` of PyTorch's word_language_model example)."""

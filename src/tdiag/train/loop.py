@@ -33,6 +33,7 @@ from tdiag.train.checkpoint import TrainState
 from tdiag.train.metrics import ActivationNorms
 from tdiag.train.optim import build_optimizer, build_scheduler
 from tdiag.train.seq2seq_workload import Seq2SeqWorkload
+from tdiag.train.workload import Workload
 
 log = logging.getLogger("tdiag.train")
 
@@ -97,7 +98,7 @@ def _read_meta(root: Path, dataset: str, synthetic: bool) -> dict:
     return json.loads(path.read_text())
 
 
-def build_workload(root: Path, rc: RunConfig, synthetic: bool, meta: dict, device):
+def build_workload(root: Path, rc: RunConfig, synthetic: bool, meta: dict, device) -> Workload:
     """The one place a dataset kind picks its workload (batches, loss, evaluation)."""
     folder = root / paths.dataset_dir(rc.dataset, synthetic)
     if meta["kind"] == "language_model":
@@ -141,7 +142,7 @@ def _seed_config(rc: RunConfig, seed: int) -> RunConfig:
     return rc.model_copy(update={"train": rc.train.model_copy(update={"seed": seed})})
 
 
-def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload, choice, restart) -> dict:
+def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, choice, restart) -> dict:
     rc = _seed_config(rc, files.seed)
     tc, device = rc.train, choice.device
     digest = rc.digest(extra=meta["config"])
@@ -268,7 +269,7 @@ def _best(evals: list[dict], metric: str, direction: str) -> dict | None:
     return {"metric": metric, "value": best[metric], "step": best["step"]}
 
 
-def _train_step(model, optimizer, scaler, workload, tc, step: int, device) -> dict:
+def _train_step(model, optimizer, scaler, workload: Workload, tc, step: int, device) -> dict:
     """One optimizer step over `batch_size` examples split into `micro_batches` chunks."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)

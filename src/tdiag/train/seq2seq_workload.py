@@ -1,7 +1,8 @@
 """The seq2seq workload: batches, loss and held-out evaluation of an encoder-decoder.
 
 The training loop (train/loop.py) is workload-agnostic: it asks a workload for the
-micro-batches of a step, the summed loss of one micro-batch, and evaluation metrics.
+micro-batches of a step, the summed loss of one micro-batch, and evaluation metrics
+(the `Workload` protocol, train/workload.py).
 
 Two kinds of data share this workload. Symbol and character tasks (data/synthetic.py)
 are scored on their own tokens: exact match, and BLEU with `tokenize="none"`. Text
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,19 +27,13 @@ from tdiag.data import bpe, wmt14
 from tdiag.data.batching import PairedData, batch_indices, bucket_indices, load_pairs, token_buckets
 from tdiag.models import decoding
 from tdiag.train.metrics import bleu, exact_match, text_scores, token_counts
+from tdiag.train.workload import StepBatch
 
 EVAL_TOKENS = 2048
 """Padded target tokens per teacher-forced evaluation batch (bounds its (batch, length,
 vocabulary) logits; larger batches measured slower on CPU)."""
 DECODE_TOKENS = 8192
 """Padded source tokens per decoding batch (each step holds only (rows, vocabulary) logits)."""
-
-
-@dataclass
-class StepBatch:
-    micro: list  # the micro-batches of one optimizer step
-    n_tokens: int  # tokens the loss is averaged over (across all micro-batches)
-    stats: dict  # extra per-step record fields
 
 
 def _lengths(rows: torch.Tensor, pad_id: int) -> list[int]:
