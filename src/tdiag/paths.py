@@ -32,21 +32,49 @@ def dataset_dir(dataset: str, synthetic: bool) -> Path:
     return synthetic_dir(dataset) if synthetic else prepared_dir(dataset)
 
 
-def dataset_meta(dataset: str, synthetic: bool) -> Path:
+# Files inside a dataset's folder (synthetic or prepared): training reads them through
+# these, whichever folder it was given.
+
+
+def meta_file(folder: Path) -> Path:
     """Written last by a dataset's final stage: vocabularies, sizes, provenance."""
-    return dataset_dir(dataset, synthetic) / "meta.json"
+    return folder / "meta.json"
+
+
+def pairs_file(folder: Path, split: str) -> Path:
+    """A split of token-id pairs, one JSON object a line (synthetic tasks and translation)."""
+    return folder / f"{split}.jsonl"
+
+
+def stream_file(folder: Path, split: str) -> Path:
+    """A language-model split as one LongTensor of token ids."""
+    return folder / f"{split}.pt"
+
+
+def vocab_file(folder: Path) -> Path:
+    """A language-model dataset's vocabulary."""
+    return folder / "vocab.json"
+
+
+def dataset_meta(dataset: str, synthetic: bool) -> Path:
+    return meta_file(dataset_dir(dataset, synthetic))
 
 
 def synthetic_split(dataset: str, split: str) -> Path:
-    return synthetic_dir(dataset) / f"{split}.jsonl"
+    return pairs_file(synthetic_dir(dataset), split)
 
 
 def synthetic_meta(dataset: str) -> Path:
-    return synthetic_dir(dataset) / "meta.json"
+    return meta_file(synthetic_dir(dataset))
 
 
 def run_dir(study: str, run: str) -> Path:
     return RESULTS / "runs" / study / run
+
+
+def run_log(study: str, run: str) -> Path:
+    """The run's log (device choice, seeds); each seed also has its own (`seed_log`)."""
+    return run_dir(study, run) / "log"
 
 
 def run_summary(study: str, run: str) -> Path:
@@ -126,13 +154,17 @@ def bpe_text(dataset: str, split: str, lang: str) -> Path:
 
 def pairs_split(dataset: str, split: str) -> Path:
     """Token-id pairs of a prepared translation dataset, in the synthetic tasks' format."""
-    return prepared_dir(dataset) / f"{split}.jsonl"
+    return pairs_file(prepared_dir(dataset), split)
 
 
 def lm_split(dataset: str, split: str) -> Path:
-    """A language-model split as one LongTensor of token ids."""
-    return prepared_dir(dataset) / f"{split}.pt"
+    return stream_file(prepared_dir(dataset), split)
 
 
 def lm_vocab(dataset: str) -> Path:
-    return prepared_dir(dataset) / "vocab.json"
+    return vocab_file(prepared_dir(dataset))
+
+
+def wikitext_tokens(folder: Path, split: str) -> Path:
+    """A WikiText-style token file, in a fetched corpus or a user's `datasets.<name>.path` folder."""
+    return folder / f"wiki.{split}.tokens"

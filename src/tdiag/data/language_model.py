@@ -151,7 +151,7 @@ def prepare(name: str, cfg: LanguageModelTaskConfig, root: Path = Path(".")) -> 
     """Vocabulary from the training split; every split encoded (and cut to the configured
     token counts) as a LongTensor in `{split}.pt`; `meta.json` written last."""
     folder, source = _sources(cfg, root)
-    files = {split: folder / f"wiki.{split}.tokens" for split in paths.SPLITS}
+    files = {split: paths.wikitext_tokens(folder, split) for split in paths.SPLITS}
     for split, path in files.items():
         if not path.is_file():
             if cfg.path:

@@ -34,7 +34,7 @@ EVAL_STREAMS = 10
 
 
 class LanguageModelWorkload:
-    """A next-token language model (arch `lstm` or `gpt`) on `{split}.pt` id streams."""
+    """A next-token language model (arch `lstm` or `gpt`) on a dataset folder's id streams (`paths.stream_file`)."""
 
     log_keys = ("loss", "perplexity")
     best = ("perplexity", "min")
@@ -45,8 +45,8 @@ class LanguageModelWorkload:
         self.meta, self.device, self.bptt = meta, device, train.bptt
         if torch.device(device).type == "cpu":
             devices.retain_freed_host_memory()  # the (B, L, V) logits exceed glibc's mmap ceiling
-        self.vocab = Vocabulary.load(folder / "vocab.json")
-        self.streams = {s: torch.load(folder / f"{s}.pt", weights_only=True) for s in paths.SPLITS}  # (N,) each
+        self.vocab = Vocabulary.load(paths.vocab_file(folder))
+        self.streams = {s: torch.load(paths.stream_file(folder, s), weights_only=True) for s in paths.SPLITS}  # (N,) each
         rows = {"train": train.batch_size, "valid": EVAL_STREAMS, "test": EVAL_STREAMS}
         self.data = {}  # (rows, N // rows) each
         for split, stream in self.streams.items():

@@ -115,7 +115,7 @@ def train_run(cfg: Config, study: str, run: str, *, root: Path = Path("."), rest
     meta = _read_meta(root, rc.dataset, synthetic)
     run_summary = root / paths.run_summary(study, run)
     run_summary.unlink(missing_ok=True)  # its presence must always mean "finished"
-    with _logging_to(root / paths.run_dir(study, run) / "log"):
+    with _logging_to(root / paths.run_log(study, run)):
         choice = devices.select_device(
             Path(cfg.devices.lock_dir) if cfg.devices.lock_dir else None, on_wait=log.info
         )

@@ -41,18 +41,18 @@ def _lengths(rows: torch.Tensor, pad_id: int) -> list[int]:
 
 
 class Seq2SeqWorkload:
-    """An encoder-decoder on `{split}.jsonl` token-id pairs described by `meta.json`."""
+    """An encoder-decoder on a dataset folder's token-id pairs (`paths.pairs_file`) described by its `meta.json`."""
 
     def __init__(self, folder: Path, meta: dict, train: TrainConfig, device):
         self.meta = meta
         self.pad_id, self.go_id, self.stop_id = meta["pad_id"], meta["go_id"], meta["stop_id"]
-        self.splits = {s: load_pairs(folder / f"{s}.jsonl", self.pad_id) for s in paths.SPLITS}
+        self.splits = {s: load_pairs(paths.pairs_file(folder, s), self.pad_id) for s in paths.SPLITS}
         self.batch_size, self.micro_batches, self.device = train.batch_size, train.micro_batches, device
         self.beam_size = train.beam_size
         self.tgt_tokens = meta["tgt_tokens"]
         self.text = meta.get("text") if (meta.get("text") or {}).get("kind") == "bpe" else None
         if self.text:
-            self.raw = {s: _raw_text(folder / f"{s}.jsonl") for s in paths.SPLITS}
+            self.raw = {s: _raw_text(paths.pairs_file(folder, s)) for s in paths.SPLITS}
             self.log_keys = ("loss", "token_accuracy", "bleu", "chrf")
             self.best = ("bleu", "max")
             self.eval_splits = ("valid", "train")
