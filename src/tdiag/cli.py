@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from tdiag import config as config_mod
-from tdiag.config import SYNTHETIC, ConfigError, LanguageModelTaskConfig, TranslationTaskConfig
+from tdiag.config import ConfigError
 
 EXIT_CONFIG = 2
 
@@ -69,27 +69,12 @@ def run(argv: list[str]) -> int:
         from tdiag.data.fetch import fetch_corpus
 
         fetch_corpus(args.corpus, args.out, cfg.mirror, root)
-    elif args.verb == "data" and args.data_verb == "synth":
-        from tdiag.data.synthetic import write_dataset
-
-        ds = _dataset(cfg, args.dataset, SYNTHETIC, "data synth")
-        meta = write_dataset(args.dataset, ds, root)
-        print(f"dataset {args.dataset}: {meta['sizes']}")
-    elif args.verb == "data" and args.data_verb == "prepare":
-        ds = _dataset(cfg, args.dataset, (TranslationTaskConfig, LanguageModelTaskConfig), "data prepare")
-        if isinstance(ds, TranslationTaskConfig):
-            from tdiag.data import translation
-
-            translation.prepare(args.dataset, ds, root)
-        else:
-            from tdiag.data import language_model
-
-            language_model.prepare(args.dataset, ds, root)
-    elif args.verb == "bpe":
-        from tdiag.data import translation
-
-        ds = _dataset(cfg, args.dataset, TranslationTaskConfig, f"bpe {args.bpe_verb}")
-        (translation.learn_bpe if args.bpe_verb == "learn" else translation.apply_bpe)(args.dataset, ds, root)
+    elif args.verb in ("data", "bpe"):  # a dataset's own stages: its kind says what they do
+        verb = f"data {args.data_verb}" if args.verb == "data" else f"bpe {args.bpe_verb}"
+        ds, action = _dataset_action(cfg, args.dataset, verb)
+        result = action(args.dataset, ds, root)
+        if verb == "data synth":
+            print(f"dataset {args.dataset}: {result['sizes']}")
     elif args.verb == "train":
         cfg.run(args.study, args.run)  # unknown names fail before torch is loaded
         import torch
@@ -125,14 +110,17 @@ def run(argv: list[str]) -> int:
     return 0
 
 
-def _dataset(cfg, name: str, kinds, verb: str):
-    """The named dataset's config, checked to be of a kind `verb` works on."""
+def _dataset_action(cfg, name: str, verb: str):
+    """The named dataset's config, and what `verb` does for its kind (data/kinds.py)."""
+    from tdiag.data.kinds import kind_of
+
     if name not in cfg.datasets:
         raise ConfigError(f"unknown dataset '{name}'; datasets: {', '.join(cfg.datasets)}")
     ds = cfg.datasets[name]
-    if not isinstance(ds, kinds):
+    action = kind_of(ds).action(verb)
+    if action is None:
         raise ConfigError(f"`tdiag {verb}` does not apply to dataset '{name}' (task {ds.task})")
-    return ds
+    return ds, action
 
 
 def _known_study(cfg, study: str) -> None:

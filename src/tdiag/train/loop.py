@@ -26,13 +26,13 @@ import torch
 from tqdm import tqdm
 
 from tdiag import atomic, devices, paths, provenance
-from tdiag.config import SYNTHETIC, Config, ConfigError, RunConfig
+from tdiag.config import Config, ConfigError, RunConfig
+from tdiag.data.kinds import DatasetKind, kind_of
 from tdiag.models import build_model
 from tdiag.train import checkpoint
 from tdiag.train.checkpoint import TrainState
 from tdiag.train.metrics import ActivationNorms
 from tdiag.train.optim import build_optimizer, build_scheduler
-from tdiag.train.seq2seq_workload import Seq2SeqWorkload
 from tdiag.train.workload import Workload
 
 log = logging.getLogger("tdiag.train")
@@ -91,28 +91,18 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _read_meta(root: Path, dataset: str, synthetic: bool) -> dict:
-    path = root / paths.dataset_meta(dataset, synthetic)
+def _read_meta(root: Path, dataset: str, kind: DatasetKind) -> dict:
+    path = root / kind.meta_file(dataset)
     if not path.exists():
         raise ConfigError(f"dataset '{dataset}' not found at {path}; run its data stages first (`tdiag stages`)")
     return json.loads(path.read_text())
 
 
-def build_workload(root: Path, rc: RunConfig, synthetic: bool, meta: dict, device) -> Workload:
-    """The one place a dataset kind picks its workload (batches, loss, evaluation)."""
-    folder = root / paths.dataset_dir(rc.dataset, synthetic)
-    if meta["kind"] == "language_model":
-        from tdiag.train.language_model_workload import LanguageModelWorkload
-
-        return LanguageModelWorkload(folder, meta, rc.train, device)
-    return Seq2SeqWorkload(folder, meta, rc.train, device)
-
-
 def train_run(cfg: Config, study: str, run: str, *, root: Path = Path("."), restart: bool = False) -> dict:
     """Train every seed of one run (each resuming from its checkpoint); returns the run summary."""
     rc = cfg.run(study, run)
-    synthetic = isinstance(cfg.datasets[rc.dataset], SYNTHETIC)
-    meta = _read_meta(root, rc.dataset, synthetic)
+    kind = kind_of(cfg.datasets[rc.dataset])  # its files and its workload (batches, loss, evaluation)
+    meta = _read_meta(root, rc.dataset, kind)
     run_summary = root / paths.run_summary(study, run)
     run_summary.unlink(missing_ok=True)  # its presence must always mean "finished"
     with _logging_to(root / paths.run_log(study, run)):
@@ -124,7 +114,7 @@ def train_run(cfg: Config, study: str, run: str, *, root: Path = Path("."), rest
             if reason:
                 raise ConfigError(f"studies.{study}.runs.{run}.train.precision: {reason}")
             log.info("run %s/%s on %s, seeds %s", study, run, choice.description, rc.seed_values())
-            workload = build_workload(root, rc, synthetic, meta, choice.device)
+            workload = kind.workload(root / kind.dataset_dir(rc.dataset), meta, rc.train, choice.device)
             seeds = []
             for seed in rc.seed_values():
                 files = SeedFiles(root, study, run, seed)
