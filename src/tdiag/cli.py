@@ -102,7 +102,7 @@ def run(argv: list[str]) -> int:
     elif args.verb == "collect":
         from tdiag.report.collect import write_study_table
 
-        _known_study(cfg, args.study)
+        cfg.study(args.study)
         write_study_table(cfg, args.study, root)
     elif args.verb == "report":
         from tdiag.report import render
@@ -111,7 +111,7 @@ def run(argv: list[str]) -> int:
         if args.study == REPORT_INDEX:
             render.render_index(cfg, root)
         else:
-            _known_study(cfg, args.study)
+            cfg.study(args.study)
             render.render_study(cfg, args.study, root)
     elif args.verb == "stages":
         from tdiag import plan
@@ -133,11 +133,6 @@ def _dataset(cfg, name: str, kinds, verb: str):
     if not isinstance(ds, kinds):
         raise ConfigError(f"`tdiag {verb}` does not apply to dataset '{name}' (task {ds.task})")
     return ds
-
-
-def _known_study(cfg, study: str) -> None:
-    if study not in cfg.studies:
-        raise ConfigError(f"unknown study '{study}'; studies: {', '.join(cfg.studies)}")
 
 
 def main(argv: list[str] | None = None) -> int:
