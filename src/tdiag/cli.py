@@ -1,7 +1,8 @@
 """`tdiag`: thin verbs over importable functions; every stage of the pipeline is one verb.
 
-A configuration problem prints one line and exits with code 2, before anything is
-written; tracebacks are kept for bugs.
+A user error (a configuration problem, missing data, a failed download) prints one
+line and exits with code 2; a configuration problem does so before anything is written.
+Tracebacks are kept for bugs.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from pathlib import Path
 
 from tdiag import config as config_mod
 from tdiag.config import SYNTHETIC, ConfigError, LanguageModelTaskConfig, TranslationTaskConfig
+from tdiag.errors import UserError
 
-EXIT_CONFIG = 2
+EXIT_USER_ERROR = 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -138,9 +140,9 @@ def _dataset(cfg, name: str, kinds, verb: str):
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(sys.argv[1:] if argv is None else argv)
-    except ConfigError as err:
+    except UserError as err:
         print(f"tdiag: error: {err}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130
 
