@@ -12,8 +12,9 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from tdiag import config as config_mod
-from tdiag.config import MIRROR_ENV, ConfigError, RunConfig, apply_overrides, load, parse_override, validate
+from conftest import tiny_params
+from tdiag import devices, plan
+from tdiag.config import MIRROR_ENV, Config, ConfigError, RunConfig, apply_overrides, load, parse_override, validate
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
@@ -51,7 +52,7 @@ def test_committed_params_load_and_auto_follows_cuda():
 
 @pytest.mark.parametrize("cuda, expected", [(False, "smoke"), (True, "full")])
 def test_auto_scale_picks_the_section_by_cuda(raw, monkeypatch, cuda, expected):
-    monkeypatch.setattr(config_mod, "cuda_available", lambda: cuda)
+    monkeypatch.setattr(devices, "cuda_available", lambda: cuda)
     cfg = load(PARAMS, env={})
     assert cfg.resolved_scale == expected
     wanted = raw["scales"][expected]["studies"]["toy"]["train"]["max_steps"]
@@ -60,7 +61,7 @@ def test_auto_scale_picks_the_section_by_cuda(raw, monkeypatch, cuda, expected):
 
 @pytest.mark.parametrize("scale, cuda", [("smoke", True), ("full", False)])
 def test_explicit_scale_is_honoured_whatever_the_hardware(raw, monkeypatch, scale, cuda):
-    monkeypatch.setattr(config_mod, "cuda_available", lambda: cuda)
+    monkeypatch.setattr(devices, "cuda_available", lambda: cuda)
     raw["scale"] = scale
     cfg = validate(raw, env={})
     assert cfg.scale == scale and cfg.resolved_scale == scale
@@ -238,6 +239,47 @@ def test_unknown_run_or_study_names_the_choices():
         cfg.run("nope", "copy")
     with pytest.raises(ConfigError, match=r"unknown run 'nope' in study 'toy'; runs: copy"):
         cfg.run("toy", "nope")
+    with pytest.raises(ConfigError, match=r"unknown study 'nope'; studies: toy"):
+        cfg.study("nope")
+
+
+def _count_validations(monkeypatch) -> dict:
+    """Count Config and RunConfig validations from now on."""
+    counts = {Config: 0, RunConfig: 0}
+    for model in counts:
+        original = model.model_validate
+
+        def spy(data, *args, _model=model, _original=original, **kwargs):
+            counts[_model] += 1
+            return _original(data, *args, **kwargs)
+
+        monkeypatch.setattr(model, "model_validate", spy)
+    return counts
+
+
+def test_one_load_validates_each_mapping_once_and_runs_are_lookups(monkeypatch):
+    counts = _count_validations(monkeypatch)
+    cfg = load(PARAMS, ["scale=smoke"], env={})
+    runs = [(study, run) for study in cfg.studies for run in cfg.run_names(study)]
+    # The file, then each scale's merge: the committed full section restates the
+    # file's values, so its merge is the file's mapping and is not validated again.
+    assert counts[Config] == 2
+    # Every run of the file, then again each run the smoke section changes.
+    assert len(runs) < counts[RunConfig] <= 2 * len(runs)
+    at_load = dict(counts)
+    for study, run in runs * 2:
+        cfg.run(study, run)
+    plan.stages(cfg)
+    assert counts == at_load
+
+
+def test_a_config_without_scale_sections_validates_once(monkeypatch):
+    raw = tiny_params()
+    del raw["scales"]
+    counts = _count_validations(monkeypatch)
+    cfg = validate(raw, env={})
+    assert counts[Config] == 1
+    assert counts[RunConfig] == sum(len(cfg.run_names(study)) for study in cfg.studies)
 
 
 def test_load_prefixes_errors_with_the_file(tmp_path, raw):
@@ -433,6 +475,23 @@ def test_cli_unknown_run_exits_2_before_writing(tmp_path):
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "unknown run 'nope'" in done.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_cli_unknown_study_exits_2(tmp_path):
+    done = _tdiag(tmp_path, "--params", str(PARAMS), "--set", "scale=smoke", "collect", "nope")
+    assert done.returncode == 2
+    assert done.stderr == "tdiag: error: unknown study 'nope'; studies: toy, wmt14, lm\n"
+
+
+def test_validate_with_an_explicit_scale_does_not_import_torch():
+    # Only `scale: auto` asks devices.py (and so torch) whether CUDA is present.
+    code = (
+        "import sys; from tdiag.cli import main; "
+        f"assert main(['--params', {str(PARAMS)!r}, '--set', 'scale=smoke', 'validate']) == 0; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 def test_cli_validate_accepts_the_committed_params(tmp_path):

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tdiag.config import ConfigError
 from tdiag.data import corpora
 from tdiag.data.corpora import Checksum, FetchError
+from tdiag.errors import UserError
 
 MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_mirror = pytest.mark.skipif(
@@ -117,8 +117,8 @@ def test_training_corpus_mirror_expects_the_archive(tmp_path):
     assert str(tmp_path / "wmt14-training" / "training-parallel-europarl-v7.tgz") in str(err.value)
 
 
-def test_unknown_corpus_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="unknown corpus 'ptb'; corpora: wikitext2, wmt14"):
+def test_unknown_corpus_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="unknown corpus 'ptb'; corpora: wikitext2, wmt14"):
         corpora.fetch("ptb", tmp_path, None, progress=False)
 
 

@@ -14,6 +14,7 @@ from conftest import MIRROR, needs_mirror, tdiag, tiny_params, write_params
 from tdiag import config, paths
 from tdiag.config import ConfigError, LanguageModelTaskConfig, ModelConfig, TrainConfig
 from tdiag.data import language_model as lm_data
+from tdiag.errors import UserError
 from tdiag.models import build_model
 from tdiag.train import checkpoint
 from tdiag.train.language_model_workload import EVAL_STREAMS, LanguageModelWorkload
@@ -81,7 +82,7 @@ def test_prepare_keeps_the_first_tokens_and_says_so(tmp_path: Path):
 def test_a_missing_split_file_is_one_line_naming_it(tmp_path: Path):
     corpus = write_corpus(tmp_path / "corpus")
     (corpus / "wiki.test.tokens").unlink()
-    with pytest.raises(ConfigError, match=r"wiki\.test\.tokens is missing \(test split\); point datasets\.mini\.path"):
+    with pytest.raises(UserError, match=r"wiki\.test\.tokens is missing \(test split\); point datasets\.mini\.path"):
         lm_data.prepare("mini", LanguageModelTaskConfig(path=str(corpus)), tmp_path)
 
 

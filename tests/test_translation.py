@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from tdiag import config, paths
-from tdiag.config import ConfigError, TranslationTaskConfig
+from tdiag.config import TranslationTaskConfig
 from tdiag.data import bpe, translation, wmt14
 from tdiag.data.fetch import fetch_corpus
+from tdiag.errors import UserError
 from tdiag.report import translation as translation_report
 from tdiag.train.loop import train_run
 from tdiag.train.metrics import bleu, text_scores
@@ -85,7 +86,7 @@ def test_subsets_are_disjoint_seeded_pairs_of_newstest2014(project):
 
 
 def test_prepare_without_the_fetched_corpus_says_which_command_to_run(tmp_path):
-    with pytest.raises(ConfigError, match=r"corpus 'wmt14' is not fetched .*tdiag data fetch wmt14"):
+    with pytest.raises(UserError, match=r"corpus 'wmt14' is not fetched .*tdiag data fetch wmt14"):
         translation.prepare(NAME, CFG, tmp_path)
 
 

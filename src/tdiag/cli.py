@@ -1,7 +1,8 @@
 """`tdiag`: thin verbs over importable functions; every stage of the pipeline is one verb.
 
-A configuration problem prints one line and exits with code 2, before anything is
-written; tracebacks are kept for bugs.
+A user error (a configuration problem, missing data, a failed download) prints one
+line and exits with code 2; a configuration problem does so before anything is written.
+Tracebacks are kept for bugs.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from pathlib import Path
 
 from tdiag import config as config_mod
 from tdiag.config import ConfigError
+from tdiag.errors import UserError
 
-EXIT_CONFIG = 2
+EXIT_USER_ERROR = 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,7 +89,7 @@ def run(argv: list[str]) -> int:
     elif args.verb == "collect":
         from tdiag.report.collect import write_study_table
 
-        _known_study(cfg, args.study)
+        cfg.study(args.study)
         write_study_table(cfg, args.study, root)
     elif args.verb == "report":
         from tdiag.report import render
@@ -96,7 +98,7 @@ def run(argv: list[str]) -> int:
         if args.study == REPORT_INDEX:
             render.render_index(cfg, root)
         else:
-            _known_study(cfg, args.study)
+            cfg.study(args.study)
             render.render_study(cfg, args.study, root)
     elif args.verb == "stages":
         from tdiag import plan
@@ -123,17 +125,12 @@ def _dataset_action(cfg, name: str, verb: str):
     return ds, action
 
 
-def _known_study(cfg, study: str) -> None:
-    if study not in cfg.studies:
-        raise ConfigError(f"unknown study '{study}'; studies: {', '.join(cfg.studies)}")
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(sys.argv[1:] if argv is None else argv)
-    except ConfigError as err:
+    except UserError as err:
         print(f"tdiag: error: {err}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130
 

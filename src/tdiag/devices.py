@@ -131,6 +131,11 @@ def _try_lock(lock_dir: Path, index: int) -> Slot | None:
     return Slot(index, path, file)
 
 
+def cuda_available() -> bool:
+    """Whether this machine has a usable CUDA device (what `scale: auto` follows)."""
+    return torch.cuda.is_available()
+
+
 @dataclass(frozen=True)
 class DeviceChoice:
     """The device a job uses, the slot that reserves it (if any), and why, in words."""

@@ -9,7 +9,7 @@
   checksum, and the wanted members are extracted.
 
 Every final file is written atomically. A failed download deletes its partial file and
-raises `FetchError` (a ConfigError: the CLI prints one line and exits 2) naming the URL
+raises `FetchError` (a UserError: the CLI prints one line and exits 2) naming the URL
 and how to use a mirror. A `.part` file is kept only when the process is interrupted
 (Ctrl-C, kill), so that the next run resumes it.
 """
@@ -31,7 +31,8 @@ from urllib.request import Request, urlopen
 from tqdm import tqdm
 
 from tdiag import atomic
-from tdiag.config import MIRROR_ENV, ConfigError
+from tdiag.config import MIRROR_ENV
+from tdiag.errors import UserError
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
@@ -41,7 +42,7 @@ MIRROR_HINT = (
 )
 
 
-class FetchError(ConfigError):
+class FetchError(UserError):
     """A corpus could not be fetched or verified; the message is one line for the user."""
 
 

@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tdiag import atomic, paths
-from tdiag.config import ConfigError
 from tdiag.data import corpora
+from tdiag.errors import UserError
 
 
 def fetch_corpus(name: str, out: Path | None, mirror: Path | None, root: Path = Path(".")) -> list[Path]:
@@ -40,5 +40,5 @@ def fetched(corpus: str, root: Path = Path(".")) -> tuple[Path, dict]:
     command to run, when the corpus has not been fetched (its source.json comes last)."""
     source = root / paths.corpus_source(corpus)
     if not source.is_file():
-        raise ConfigError(f"corpus '{corpus}' is not fetched ({source} is missing); run `tdiag data fetch {corpus}`")
+        raise UserError(f"corpus '{corpus}' is not fetched ({source} is missing); run `tdiag data fetch {corpus}`")
     return root / paths.corpus_dir(corpus), json.loads(source.read_text(encoding="utf-8"))

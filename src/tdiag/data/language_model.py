@@ -30,8 +30,9 @@ import torch
 
 from tdiag import paths
 from tdiag.atomic import atomic_path, write_json
-from tdiag.config import ConfigError, LanguageModelTaskConfig
+from tdiag.config import LanguageModelTaskConfig
 from tdiag.data.fetch import fetched
+from tdiag.errors import UserError
 
 EOS = "<eos>"
 UNK = "<unk>"
@@ -158,7 +159,7 @@ def prepare(name: str, cfg: LanguageModelTaskConfig, root: Path = Path(".")) -> 
                 hint = f"point datasets.{name}.path at a folder holding wiki.{{train,valid,test}}.tokens"
             else:
                 hint = f"fetch the corpus again with `tdiag data fetch {cfg.corpus}`"
-            raise ConfigError(f"dataset '{name}': {path} is missing ({split} split); {hint}")
+            raise UserError(f"dataset '{name}': {path} is missing ({split} split); {hint}")
     vocab = Vocabulary.from_file(files["train"])
     limits = {"train": cfg.train_tokens, "valid": cfg.eval_tokens, "test": cfg.eval_tokens}
     full, kept, unk = {}, {}, {}

@@ -26,11 +26,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from tdiag import atomic, paths
-from tdiag.config import ConfigError, TranslationTaskConfig
+from tdiag.config import TranslationTaskConfig
 from tdiag.data import bpe, corpora, wmt14
 from tdiag.data.fetch import fetched
 from tdiag.data.synthetic import seq2seq_meta
 from tdiag.data.wmt14 import Pair
+from tdiag.errors import UserError
 
 SPECIALS = ["<pad>", "<go>", "<stop>", "<unk>"]
 PAD, GO, STOP, UNK = range(len(SPECIALS))
@@ -46,7 +47,7 @@ def _parallel_text(folder: Path, corpus: str, src_lang: str, tgt_lang: str) -> l
     with open(files[src_lang], encoding="utf-8") as fs, open(files[tgt_lang], encoding="utf-8") as ft:
         src, tgt = fs.read().splitlines(), ft.read().splitlines()
     if len(src) != len(tgt):
-        raise ConfigError(f"{files[src_lang]} and {files[tgt_lang]} do not align: {len(src)} and {len(tgt)} lines")
+        raise UserError(f"{files[src_lang]} and {files[tgt_lang]} do not align: {len(src)} and {len(tgt)} lines")
     return [
         Pair(corpus, str(n), s.strip(), t.strip()) for n, (s, t) in enumerate(zip(src, tgt), 1) if s.strip() and t.strip()
     ]

@@ -19,6 +19,7 @@ from typing import NamedTuple
 from sacremoses import MosesDetokenizer, MosesPunctNormalizer, MosesTokenizer
 
 from tdiag.config import ConfigError
+from tdiag.errors import UserError
 
 SOURCE = "test-full/newstest2014-fren-src.en.sgm"
 REFERENCE = "test-full/newstest2014-fren-ref.fr.sgm"
@@ -30,7 +31,7 @@ _ENTITY = re.compile(r"&(amp|lt|gt|quot|apos|#[0-9]+|#[xX][0-9a-fA-F]+);")
 _NAMED = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
 
 
-class SGMLError(ConfigError):
+class SGMLError(UserError):
     """A WMT SGML file that cannot be read or aligned: one line naming the file, doc and seg."""
 
 

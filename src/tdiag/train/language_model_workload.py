@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from tdiag import devices, paths
-from tdiag.config import ConfigError, TrainConfig
+from tdiag.config import TrainConfig
 from tdiag.data.language_model import Vocabulary, batchify, n_segments, segment
+from tdiag.errors import UserError
 from tdiag.models.lstm import LSTMLanguageModel
 from tdiag.train.workload import StepBatch
 
@@ -53,7 +54,7 @@ class LanguageModelWorkload:
             try:
                 self.data[split] = batchify(stream, rows[split]).to(device)
             except ValueError as err:
-                raise ConfigError(f"dataset '{meta['name']}', {split} split: {err}") from None
+                raise UserError(f"dataset '{meta['name']}', {split} split: {err}") from None
         self.micro_batches = train.micro_batches
         self.steps_per_epoch = n_segments(self.data["train"], self.bptt)
         self._state = None  # the LSTM's (h, c) after the last training segment

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from tdiag import atomic, devices, paths, provenance
 from tdiag.config import Config, ConfigError, RunConfig
 from tdiag.data.kinds import DatasetKind, kind_of
+from tdiag.errors import UserError
 from tdiag.models import build_model
 from tdiag.train import checkpoint
 from tdiag.train.checkpoint import TrainState
@@ -94,7 +95,7 @@ def _autocast(device: torch.device, precision: str):
 def _read_meta(root: Path, dataset: str, kind: DatasetKind) -> dict:
     path = root / kind.meta_file(dataset)
     if not path.exists():
-        raise ConfigError(f"dataset '{dataset}' not found at {path}; run its data stages first (`tdiag stages`)")
+        raise UserError(f"dataset '{dataset}' not found at {path}; run its data stages first (`tdiag stages`)")
     return json.loads(path.read_text())
 
 

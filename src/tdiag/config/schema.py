@@ -1,31 +1,23 @@
-"""The one configuration: `params.yaml`, validated once, frozen, passed in.
+"""The configuration schema: every section of params.yaml as a frozen pydantic model.
 
-Loading merges, in order: the file, the `scales.<scale>` section for the resolved
-scale, then `--set key=value` overrides. Both scale sections are validated on every
-load, so a typo in the section that is not in use still fails fast. Errors are one
-line naming the key's full path and what is allowed (`ConfigError`).
+Unknown keys are refused (`extra="forbid"`), and checks across keys of a section live
+on that section's model, so a bad combination fails when the file is loaded.
+`Config.run` is a lookup: `loading.validate` resolves every run once per load.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import hashlib
 import itertools
+import json
 import math
-import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Optional, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-MIRROR_ENV = "TDIAG_DATA_MIRROR"
-SCALES = ("smoke", "full")
-
-
-class ConfigError(ValueError):
-    """A problem with the user's configuration: printed as one line, exit code 2."""
+from tdiag.config.errors import ConfigError
+from tdiag.config.overrides import deep_merge
 
 
 class Frozen(BaseModel):
@@ -129,7 +121,7 @@ class TranslationTaskConfig(Frozen):
 
 
 class LanguageModelTaskConfig(Frozen):
-    """Word-level language modelling on `wiki.{train,valid,test}.tokens` (data/lm.py):
+    """Word-level language modelling on `wiki.{train,valid,test}.tokens` (data/language_model.py):
     from the fetched WikiText-2 corpus, or from `path`, a folder holding three such files."""
 
     task: Literal["language_model"] = "language_model"
@@ -400,262 +392,28 @@ class Config(Frozen):
 
     # resolved at load time, never read from the file
     resolved_scale: Literal["smoke", "full"] = "smoke"
+    _runs: dict[str, dict[str, RunConfig]] = PrivateAttr(default_factory=dict)
+    """Study -> run name -> its resolved RunConfig at `resolved_scale`; filled once by
+    `loading.validate`, the only place a Config is made."""
+
+    def study(self, name: str) -> StudyConfig:
+        if name not in self.studies:
+            raise ConfigError(f"unknown study '{name}'; studies: {', '.join(self.studies)}")
+        return self.studies[name]
 
     def run(self, study: str, run: str) -> RunConfig:
-        return resolve_run(self, study, run)
+        """The run's study defaults merged with its overrides, as resolved at load time."""
+        self.study(study)
+        runs = self._runs[study]
+        if run not in runs:
+            raise ConfigError(f"unknown run '{run}' in study '{study}'; runs: {', '.join(runs)}")
+        return runs[run]
 
     def run_names(self, study: str) -> list[str]:
-        return list(self.studies[study].run_overrides())
+        self.study(study)
+        return list(self._runs[study])
 
     @property
     def mirror(self) -> Optional[Path]:
         return Path(self.data.mirror) if self.data.mirror else None
 
-
-# ---------------------------------------------------------------------- loading
-
-
-def _walk(loc: tuple, model: type[BaseModel]) -> tuple[list, Any]:
-    """Follow an error location through the schema.
-
-    Returns the location with pydantic's discriminator tags removed (they are not keys
-    in the file) and the schema node that holds the last key, for "allowed keys".
-    """
-    clean: list = []
-    node: Any = model
-    parts = list(loc)
-    while parts:
-        part = parts.pop(0)
-        clean.append(part)
-        node = _unwrap(node)
-        if isinstance(node, type) and issubclass(node, BaseModel):
-            field = node.model_fields.get(str(part))
-            parent, node = node, (field.annotation if field else None)
-        elif get_origin(node) is dict:
-            parent, node = node, get_args(node)[1]
-        else:
-            parent, node = node, None
-        tagged = _union_members(node)
-        if tagged and parts and parts[0] in tagged:
-            node = tagged[parts.pop(0)]
-    return clean, parent if loc else model
-
-
-def _union_members(annotation: Any) -> dict:
-    """For a discriminated union of models: tag value -> model class."""
-    while get_origin(annotation) is Annotated:
-        annotation = get_args(annotation)[0]
-    candidates = get_args(annotation) if get_origin(annotation) is Union else (annotation,)
-    members = {}
-    for member in candidates:
-        if isinstance(member, type) and issubclass(member, BaseModel) and "task" in member.model_fields:
-            for tag in get_args(member.model_fields["task"].annotation):
-                members[tag] = member
-    return members
-
-
-def _unwrap(annotation: Any) -> Any:
-    """Strip Optional/Annotated/Union-of-one so the walk reaches the model class."""
-    while True:
-        origin = get_origin(annotation)
-        if origin is Annotated:
-            annotation = get_args(annotation)[0]
-        elif origin is Union:
-            args = [a for a in get_args(annotation) if a is not type(None)]
-            if len(args) != 1:
-                return annotation
-            annotation = args[0]
-        else:
-            return annotation
-
-
-def _format_error(err: ValidationError, prefix: str, model: type[BaseModel]) -> str:
-    first = err.errors()[0]
-    loc, parent = _walk(tuple(first["loc"]), model)
-    path = ".".join([prefix] * bool(prefix) + [str(p) for p in loc])
-    kind = first["type"]
-    if kind == "extra_forbidden":
-        if isinstance(parent, type) and issubclass(parent, BaseModel):
-            allowed = ", ".join(k for k in parent.model_fields if k != "resolved_scale")
-            return f"unknown key '{path}'; allowed keys: {allowed}"
-        return f"unknown key '{path}'"
-    if kind == "missing":
-        return f"missing key '{path}'"
-    if kind == "literal_error":
-        return f"bad value {first.get('input')!r} for '{path}'; allowed: {first['ctx']['expected']}"
-    if kind == "union_tag_invalid":
-        tag = first["ctx"]["discriminator"].strip("'")
-        return f"bad value {first['ctx']['tag']!r} for '{path}.{tag}'; allowed: {first['ctx']['expected_tags']}"
-    message = first["msg"].removeprefix("Value error, ")
-    if isinstance(first.get("input"), dict):  # a check across keys of a section
-        return f"'{path}': {message}"
-    return f"bad value {first.get('input')!r} for '{path}': {message}"
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b.c=value` -> (['a','b','c'], YAML-parsed value)."""
-    if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like key.path=value")
-    key, raw = text.split("=", 1)
-    if not key.strip():
-        raise ConfigError(f"override '{text}' has an empty key")
-    return key.strip().split("."), yaml.safe_load(raw) if raw else None
-
-
-def overrides_from_mapping(mapping: dict, prefix: str = "") -> list[str]:
-    """Nested overrides (Snakemake's `--config studies='{toy: {train: {lr: 0.01}}}'`)
-    as `key.path=value` strings, one per leaf, so they merge into the file key by key."""
-    out = []
-    for key, value in mapping.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out += overrides_from_mapping(value, f"{path}.")
-        else:
-            # Strings go in raw so YAML types them as the file would ("0.01" -> 0.01).
-            out.append(f"{path}={value if isinstance(value, str) else json.dumps(value)}")
-    return out
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    out = copy.deepcopy(raw)
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = out
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{text}': '{k}' is not a section")
-        node[keys[-1]] = value
-    return out
-
-
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def resolve_scale(requested: str) -> str:
-    if requested == "auto":
-        return "full" if cuda_available() else "smoke"
-    return requested
-
-
-def validate(raw: Any, overrides: list[str] = (), *, env: Optional[dict] = None) -> Config:
-    """Validate a parsed params mapping into a frozen Config.
-
-    `overrides` (`key.path=value`) win over both the file and its `scales` section.
-    Both scale sections are checked, runs included, so a typo in the section not in
-    use fails now rather than on another machine.
-    """
-    env = os.environ if env is None else env
-    if not isinstance(raw, dict):
-        raise ConfigError("params must be a mapping of sections (scale, data, datasets, studies, ...)")
-    if "resolved_scale" in raw:
-        raise ConfigError("unknown key 'resolved_scale' (it is computed, not set)")
-    raw = apply_overrides(raw, list(overrides))  # so `--set scale=...` picks the scale
-    sections = raw.get("scales") or {}
-    if not isinstance(sections, dict):
-        raise ConfigError("bad value for 'scales': must be a mapping of smoke/full sections")
-    file_only = {k: v for k, v in raw.items() if k != "scales"}
-    base = _validated(raw, "")
-    _resolve_all(base, "")
-    for scale in SCALES:
-        section = sections.get(scale) or {}
-        if not isinstance(section, dict):
-            raise ConfigError(f"bad value for 'scales.{scale}': must be a mapping")
-        merged = apply_overrides(deep_merge(file_only, section), list(overrides))
-        _validated(merged, f"scales.{scale}", keys_in=section)
-        cfg = _validated(merged, "")
-        if _run_names(cfg) != _run_names(base):
-            raise ConfigError(f"'scales.{scale}' may change sizes but not which datasets, studies or runs exist")
-        # The file's runs resolved above, so a failure here comes from this section.
-        _resolve_all(cfg, f"scales.{scale}.")
-    chosen = resolve_scale(base.scale)
-    merged = apply_overrides(deep_merge(file_only, sections.get(chosen) or {}), list(overrides))
-    merged["scales"] = sections
-    merged["resolved_scale"] = chosen
-    if env.get(MIRROR_ENV):
-        merged["data"] = {**(merged.get("data") or {}), "mirror": env[MIRROR_ENV]}
-    return _validated(merged, "")
-
-
-def _resolve_all(cfg: Config, prefix: str) -> None:
-    for study in cfg.studies:
-        for run in cfg.studies[study].run_overrides():
-            resolve_run(cfg, study, run, prefix)
-
-
-def _run_names(cfg: Config) -> tuple:
-    return (
-        tuple(sorted(cfg.datasets)),
-        tuple(sorted((s, tuple(sorted(st.run_overrides()))) for s, st in cfg.studies.items())),
-    )
-
-
-def _validated(raw: dict, prefix: str, keys_in: Optional[dict] = None) -> Config:
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as err:
-        loc, _ = _walk(tuple(err.errors()[0]["loc"]), Config)
-        # Report the error under `scales.<scale>` only when that section set the key.
-        node, inside = keys_in, keys_in is not None
-        for part in loc:
-            if not isinstance(node, dict) or part not in node:
-                inside = False
-                break
-            node = node[part]
-        raise ConfigError(_format_error(err, prefix if inside else "", Config)) from None
-
-
-def resolve_run(cfg: Config, study: str, run: str, prefix: str = "") -> RunConfig:
-    """Study defaults merged with the run's overrides, validated as a RunConfig.
-
-    `prefix` goes before the key path in errors (e.g. `scales.full.`)."""
-    if study not in cfg.studies:
-        raise ConfigError(f"unknown study '{study}'; studies: {', '.join(cfg.studies)}")
-    st = cfg.studies[study]
-    runs = st.run_overrides()
-    if run not in runs:
-        raise ConfigError(f"unknown run '{run}' in study '{study}'; runs: {', '.join(runs)}")
-    where, overrides = runs[run]
-    # Only the keys the study sets: an explicit null (e.g. `max_steps: null` beside
-    # `epochs`, `eval_every: null`) must reach the run, not fall back to its default.
-    defaults = st.model_dump(mode="json", exclude={"runs", "grids", "priority"}, exclude_unset=True)
-    merged = deep_merge(defaults, overrides)
-    try:
-        rc = RunConfig.model_validate(merged)
-    except ValidationError as err:
-        raise ConfigError(_format_error(err, f"{prefix}studies.{study}.{where}", RunConfig)) from None
-    if rc.dataset not in cfg.datasets:
-        raise ConfigError(
-            f"bad value {rc.dataset!r} for '{prefix}studies.{study}.{where}.dataset'; "
-            f"allowed: {', '.join(cfg.datasets)}"
-        )
-    return rc
-
-
-def load(path: str | Path = "params.yaml", overrides: list[str] = (), *, env: Optional[dict] = None) -> Config:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file (run from the project root or pass --params)") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
-    try:
-        return validate(raw or {}, overrides, env=env)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None

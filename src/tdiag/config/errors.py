@@ -1,0 +1,101 @@
+"""Configuration errors, and pydantic's validation errors rewritten as one line each.
+
+The line names the key's full path as written in params.yaml (pydantic's discriminator
+tags are not keys in the file, so they are dropped) and, for an unknown key, the keys
+allowed there.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Union, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+
+from tdiag.errors import UserError
+
+
+class ConfigError(UserError):
+    """A problem with the user's configuration: printed as one line, exit code 2."""
+
+
+def key_path(err: ValidationError, model: type[BaseModel]) -> list:
+    """The path, as keys of the file, of the first error `err` reports against `model`."""
+    return _walk(tuple(err.errors()[0]["loc"]), model)[0]
+
+
+def format_error(err: ValidationError, prefix: str, model: type[BaseModel]) -> str:
+    """The first error of `err` (validating `model`) as one line; `prefix` goes before the path."""
+    first = err.errors()[0]
+    loc, parent = _walk(tuple(first["loc"]), model)
+    path = ".".join([prefix] * bool(prefix) + [str(p) for p in loc])
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        if isinstance(parent, type) and issubclass(parent, BaseModel):
+            allowed = ", ".join(k for k in parent.model_fields if k != "resolved_scale")
+            return f"unknown key '{path}'; allowed keys: {allowed}"
+        return f"unknown key '{path}'"
+    if kind == "missing":
+        return f"missing key '{path}'"
+    if kind == "literal_error":
+        return f"bad value {first.get('input')!r} for '{path}'; allowed: {first['ctx']['expected']}"
+    if kind == "union_tag_invalid":
+        tag = first["ctx"]["discriminator"].strip("'")
+        return f"bad value {first['ctx']['tag']!r} for '{path}.{tag}'; allowed: {first['ctx']['expected_tags']}"
+    message = first["msg"].removeprefix("Value error, ")
+    if isinstance(first.get("input"), dict):  # a check across keys of a section
+        return f"'{path}': {message}"
+    return f"bad value {first.get('input')!r} for '{path}': {message}"
+
+
+def _walk(loc: tuple, model: type[BaseModel]) -> tuple[list, Any]:
+    """Follow an error location through the schema.
+
+    Returns the location with pydantic's discriminator tags removed (they are not keys
+    in the file) and the schema node that holds the last key, for "allowed keys".
+    """
+    clean: list = []
+    node: Any = model
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        clean.append(part)
+        node = _unwrap(node)
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(str(part))
+            parent, node = node, (field.annotation if field else None)
+        elif get_origin(node) is dict:
+            parent, node = node, get_args(node)[1]
+        else:
+            parent, node = node, None
+        tagged = _union_members(node)
+        if tagged and parts and parts[0] in tagged:
+            node = tagged[parts.pop(0)]
+    return clean, parent if loc else model
+
+
+def _union_members(annotation: Any) -> dict:
+    """For a discriminated union of models: tag value -> model class."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    candidates = get_args(annotation) if get_origin(annotation) is Union else (annotation,)
+    members = {}
+    for member in candidates:
+        if isinstance(member, type) and issubclass(member, BaseModel) and "task" in member.model_fields:
+            for tag in get_args(member.model_fields["task"].annotation):
+                members[tag] = member
+    return members
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip Optional/Annotated/Union-of-one so the walk reaches the model class."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin is Union:
+            args = [a for a in get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return annotation
+            annotation = args[0]
+        else:
+            return annotation
