@@ -41,6 +41,7 @@ TRAIN_CODE = _code(
     "models/gpt.py",
     "models/init.py",
     "models/lstm.py",
+    "models/modes.py",
     "models/transformer.py",
     "train/checkpoint.py",
     "train/lm.py",
