@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from greedy_oracle import full_recompute_greedy
+from decoding_helpers import full_recompute_greedy, spy_on_backends
 from tdiag.config import ModelConfig
-from tdiag.models import attention, build_model, decoding
+from tdiag.models import build_model, decoding
 
 PAD, GO, STOP = 0, 1, 2
 VOCAB = 12
@@ -27,22 +27,6 @@ def sources(batch: int = 6, length: int = 7, seed: int = 1) -> torch.Tensor:
     src = torch.randint(3, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
     src[1, 4:] = PAD  # a padded source
     return src
-
-
-def spy_on_backends(monkeypatch) -> dict[str, int]:
-    """Count the calls of each attention backend from now on."""
-    calls = dict.fromkeys(attention.BACKENDS, 0)
-
-    def counting(name, kernel):
-        def spy(*args, **kwargs):
-            calls[name] += 1
-            return kernel(*args, **kwargs)
-
-        return spy
-
-    for name, kernel in list(attention.BACKENDS.items()):
-        monkeypatch.setitem(attention.BACKENDS, name, counting(name, kernel))
-    return calls
 
 
 @pytest.mark.parametrize("norm", ["pre", "post"])

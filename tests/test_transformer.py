@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from greedy_oracle import full_recompute_greedy
+from decoding_helpers import full_recompute_greedy
 from tdiag.config import InitConfig, ModelConfig
 from tdiag.models import build_model, decoding
 from tdiag.models.attention import MultiHeadAttention
@@ -147,7 +147,7 @@ def test_unknown_arch_is_refused():
 
 
 def test_full_recompute_greedy_oracle_scripted(monkeypatch):
-    """The test oracle for `decoding.greedy` (tests/greedy_oracle.py), checked against a
+    """The test oracle for `decoding.greedy` (tests/decoding_helpers.py), checked against a
     script: rows stop at different steps, later positions are PAD, and decoding ends early."""
     model = model_of(tiny(dropout=0.1)).train()
     script = torch.tensor([[5, STOP, 7, 7, 7, 7, 7], [5, 6, 7, STOP, 8, 8, 8]])

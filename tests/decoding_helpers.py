@@ -1,13 +1,15 @@
-"""The reference greedy decoder the package's incremental one is tested against.
+"""Helpers for the decoding tests: a reference greedy decoder and a spy on attention backends.
 
-It recomputes the whole target prefix through `EncoderDecoder.decode` at every step, the
-plainest way to decode, with no cache to get wrong: slow, and so kept out of the package.
+`full_recompute_greedy` recomputes the whole target prefix through `EncoderDecoder.decode`
+at every step, the plainest way to decode, with no cache to get wrong: the oracle the
+package's incremental decoder is tested against, slow, and so kept out of the package.
 """
 
 from __future__ import annotations
 
 import torch
 
+from tdiag.models import attention
 from tdiag.models.modes import evaluating
 
 
@@ -30,3 +32,19 @@ def full_recompute_greedy(model, src: torch.Tensor, max_len: int, go_id: int, st
             if bool(done.all()):
                 break
         return out
+
+
+def spy_on_backends(monkeypatch) -> dict[str, int]:
+    """Count the calls of each attention backend from now on (undone by `monkeypatch`)."""
+    calls = dict.fromkeys(attention.BACKENDS, 0)
+
+    def counting(name, kernel):
+        def spy(*args, **kwargs):
+            calls[name] += 1
+            return kernel(*args, **kwargs)
+
+        return spy
+
+    for name, kernel in list(attention.BACKENDS.items()):
+        monkeypatch.setitem(attention.BACKENDS, name, counting(name, kernel))
+    return calls
