@@ -7,9 +7,10 @@ Departures from the paper are named options of `ModelConfig`, never silent:
 - `positions`: 'sinusoidal' is section 3.5; 'learned' is the alternative the paper
   reports as nearly identical (section 3.5, table 3 row E).
 - `attention`: 'manual' or 'sdpa', see models/attention.py. Every `MultiHeadAttention`
-  block is built with it, and decoding runs through the same blocks: the layers'
-  forward methods take an optional `DecodingCache`, and `EncoderDecoder.decode_step`
-  feeds them one target position at a time (models/decoding.py searches with it).
+  block is built with it, and decoding runs through the same blocks: `Decoder.forward`
+  takes an optional `DecodingCache` and hands each layer its `KVCache`s, and
+  `EncoderDecoder.decode_step` feeds it one target position at a time (models/decoding.py
+  searches with it; models/gpt.py generates the same way).
 - Embeddings are not multiplied by sqrt(d_model) (section 3.4); `init.embedding_std`
   sets their scale instead (models/init.py).
 
