@@ -27,7 +27,7 @@ from tdiag.config import InitConfig, ModelConfig, SymbolTaskConfig, TrainConfig
 from tdiag.data.batching import batch_indices, pad
 from tdiag.data.synthetic import generate
 from tdiag.devices import peak_memory_bytes
-from tdiag.models import build_model
+from tdiag.models import build_model, decoding
 from tdiag.train.metrics import exact_match
 from tdiag.train.optim import build_optimizer, build_scheduler
 
@@ -90,6 +90,14 @@ def build(name: str, d_ff: int, vocab: int) -> nn.Module:
     return build_model(cfg, vocab, vocab, PAD)
 
 
+def greedy(model: nn.Module, src: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Greedy decodes in one format for every model: ours by the package's incremental
+    decoder, `torch.nn.Transformer` by recomputing the prefix (its wrapper has no cache)."""
+    if isinstance(model, TorchTransformer):
+        return model.greedy_decode(src, max_len, GO, STOP)
+    return decoding.greedy(model, src, max_len, GO, STOP)
+
+
 def run(name: str, seed: int, args, splits) -> dict:
     torch.manual_seed(seed)
     train_src = pad([ex["src"] for ex in splits["train"]])
@@ -111,7 +119,7 @@ def run(name: str, seed: int, args, splits) -> dict:
         times.append(time.perf_counter() - began)
         if step % args.eval_every == 0:
             model.eval()
-            predicted = model.greedy_decode(valid_src, valid_src.shape[1] + 1, GO, STOP)
+            predicted = greedy(model, valid_src, valid_src.shape[1] + 1)
             model.train()
             if bool(exact_match(predicted, valid_src).all()):
                 solved_at = step

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from decoding_helpers import full_recompute_greedy, spy_on_backends
 from tdiag.config import ModelConfig
 from tdiag.models import build_model, decoding
 
@@ -30,15 +31,22 @@ def sources(batch: int = 6, length: int = 7, seed: int = 1) -> torch.Tensor:
 
 @pytest.mark.parametrize("norm", ["pre", "post"])
 @pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
-@pytest.mark.parametrize("attention", ["manual", "sdpa"])
-def test_incremental_steps_give_the_full_forward_logits(norm, positions, attention):
-    model = model_of(norm=norm, positions=positions, attention=attention)
+@pytest.mark.parametrize("backend", ["manual", "sdpa"])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 1e-5)])
+def test_incremental_steps_use_the_configured_backend_and_give_the_full_forward_logits(
+    norm, positions, backend, dtype, tol, monkeypatch
+):
+    model = model_of(norm=norm, positions=positions, attention=backend, dtype=dtype)
     src = sources()
     tgt = torch.randint(3, VOCAB, (src.size(0), 9), generator=torch.Generator().manual_seed(2))
     full = model(src, tgt)  # (B, T, V)
-    step = decoding._IncrementalDecoder(model, src, tgt.size(1))
-    stepwise = torch.stack([step.step(tgt[:, t]) for t in range(tgt.size(1))], dim=1)
-    torch.testing.assert_close(stepwise, full, rtol=1e-9, atol=1e-9)
+    calls = spy_on_backends(monkeypatch)
+    cache = model.start_decoding(src, tgt.size(1))
+    stepwise = torch.stack([model.decode_step(tgt[:, t], cache) for t in range(tgt.size(1))], dim=1)
+    torch.testing.assert_close(stepwise, full, rtol=tol, atol=tol)
+    # Encoder: 2 layers once; decoder: 2 layers x (self + cross) per step.
+    other = "sdpa" if backend == "manual" else "manual"
+    assert calls == {backend: 2 + 2 * 2 * tgt.size(1), other: 0}
 
 
 @pytest.mark.parametrize("seed", [0, 1, 3])
@@ -46,7 +54,7 @@ def test_greedy_matches_the_full_recompute_greedy_decode(seed):
     model = model_of(seed)
     src = sources(seed=seed + 10)
     out = decoding.greedy(model, src, 12, GO, STOP)
-    assert torch.equal(out, model.greedy_decode(src, 12, GO, STOP))
+    assert torch.equal(out, full_recompute_greedy(model, src, 12, GO, STOP))
     assert 0 < sum(STOP in row for row in out.tolist()) < len(out)  # some rows stop early, not all
 
 
@@ -76,7 +84,7 @@ def test_beam_finds_a_score_at_least_greedys(seed):
 
 
 class _Scripted:
-    """Stands in for the incremental decoder: next-token probabilities depend on the prefix.
+    """Stands in for the model's decoding cache: next-token probabilities depend on the prefix.
 
     After <go>: A 0.6, B 0.4. After A: A, B, <stop> a third each. After B: <stop> 0.99.
     Greedy takes A then <stop>: (ln 0.6 + ln 1/3) / 2 = -0.805; beam search of width 2
@@ -85,7 +93,7 @@ class _Scripted:
 
     A, B = 3, 4
 
-    def __init__(self, model, src, steps):
+    def __init__(self, src, steps):
         self.prefixes = [[] for _ in range(src.size(0))]
 
     def step(self, tokens):
@@ -110,8 +118,9 @@ class _Scripted:
 
 
 def test_beam_search_keeps_the_hypothesis_greedy_drops(monkeypatch):
-    monkeypatch.setattr(decoding, "_IncrementalDecoder", _Scripted)
     model = model_of()
+    monkeypatch.setattr(model, "start_decoding", _Scripted)
+    monkeypatch.setattr(model, "decode_step", lambda tokens, cache: cache.step(tokens))
     src = sources(batch=2)
     greedy, greedy_score = decoding.beam_search(model, src, 6, GO, STOP, beam_size=1)
     beam, beam_score = decoding.beam_search(model, src, 6, GO, STOP, beam_size=2)

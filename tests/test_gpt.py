@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from decoding_helpers import spy_on_backends
 from tdiag.config import ModelConfig
 from tdiag.models import build_model
 from tdiag.models.attention import MultiHeadAttention
@@ -47,6 +48,33 @@ def test_is_causal(norm, attention):
     before, after = model(x), model(changed)
     torch.testing.assert_close(before[:, : t + 1], after[:, : t + 1], atol=1e-10, rtol=0)
     assert not torch.allclose(before[:, t + 1 :], after[:, t + 1 :])
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+@pytest.mark.parametrize("backend", ["manual", "sdpa"])
+def test_cached_generation_uses_the_configured_backend_and_gives_the_full_forward_logits(norm, backend, monkeypatch):
+    model = model_of(tiny(norm=norm, attention=backend))
+    x = tokens(2, 10)
+    full = model(x)  # (B, T, V)
+    calls = spy_on_backends(monkeypatch)
+    cache = model.start_decoding(10)
+    # A prompt of 4 into the empty cache, then one token per call.
+    stepwise = torch.cat([model(x[:, :4], cache)] + [model(x[:, t : t + 1], cache) for t in range(4, 10)], dim=1)
+    torch.testing.assert_close(stepwise, full, rtol=1e-9, atol=1e-9)
+    other = "sdpa" if backend == "manual" else "manual"
+    assert calls == {backend: 2 * 7, other: 0}  # 2 layers x 7 calls
+
+
+def test_cached_generation_refuses_several_new_positions_at_once_and_positions_past_max_len():
+    model = model_of(tiny())
+    cache = model.start_decoding(16)
+    model(tokens(1, 3), cache)
+    with pytest.raises(ValueError, match="one new position per call"):
+        model(tokens(1, 2), cache)
+    cache = model.start_decoding(16)
+    model(tokens(1, 16), cache)
+    with pytest.raises(ValueError, match="input length 17 exceeds the model's max_len 16"):
+        model(tokens(1, 1), cache)
 
 
 @pytest.mark.parametrize("norm", ["pre", "post"])

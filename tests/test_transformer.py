@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from decoding_helpers import full_recompute_greedy
 from tdiag.config import InitConfig, ModelConfig
-from tdiag.models import build_model
+from tdiag.models import build_model, decoding
 from tdiag.models.attention import MultiHeadAttention
 
 PAD, GO, STOP = 0, 1, 2
@@ -145,8 +146,9 @@ def test_unknown_arch_is_refused():
 # ------------------------------------------------------------------ greedy decoding
 
 
-def test_greedy_decode_scripted(monkeypatch):
-    """Rows stop at different steps: later positions are PAD, and decoding ends early."""
+def test_full_recompute_greedy_oracle_scripted(monkeypatch):
+    """The test oracle for `decoding.greedy` (tests/decoding_helpers.py), checked against a
+    script: rows stop at different steps, later positions are PAD, and decoding ends early."""
     model = model_of(tiny(dropout=0.1)).train()
     script = torch.tensor([[5, STOP, 7, 7, 7, 7, 7], [5, 6, 7, STOP, 8, 8, 8]])
     modes = []
@@ -156,7 +158,7 @@ def test_greedy_decode_scripted(monkeypatch):
         return F.one_hot(script[:, : tgt_in.size(1)], VOCAB).double()  # (B, T, V)
 
     monkeypatch.setattr(model, "decode", decode)
-    out = model.greedy_decode(tokens(2, 4), max_len=8, go_id=GO, stop_id=STOP)
+    out = full_recompute_greedy(model, tokens(2, 4), max_len=8, go_id=GO, stop_id=STOP)
     assert out.dtype == torch.long
     assert out.tolist() == [[GO, 5, STOP, PAD, PAD], [GO, 5, 6, 7, STOP]]
     assert modes and not any(modes)
@@ -164,12 +166,14 @@ def test_greedy_decode_scripted(monkeypatch):
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_greedy_decode_real_model(training):
+def test_greedy_real_model(training):
     model = model_of(tiny(dropout=0.1)).train(training)
     # A STOP bias makes some rows, not all, stop early, so PAD-after-STOP is exercised.
     with torch.no_grad():
         model.generator.bias[STOP] = 2.0
-    out = model.greedy_decode(tokens(8, 6), max_len=10, go_id=GO, stop_id=STOP)
+    out = decoding.greedy(model, tokens(8, 6), max_len=10, go_id=GO, stop_id=STOP)
+    # Decoding runs without dropout whatever the caller's mode, as the oracle does.
+    assert torch.equal(out, full_recompute_greedy(model, tokens(8, 6), max_len=10, go_id=GO, stop_id=STOP))
     assert out.shape[0] == 8 and 1 <= out.shape[1] <= 10
     assert (out[:, 0] == GO).all()
     stops = [row.index(STOP) for row in out.tolist() if STOP in row]
@@ -180,10 +184,10 @@ def test_greedy_decode_real_model(training):
     assert model.training == training
 
 
-def test_greedy_decode_refuses_length_beyond_max_len():
+def test_greedy_refuses_length_beyond_max_len():
     model = model_of(tiny(max_len=8))
     with pytest.raises(ValueError, match="max_len 9"):
-        model.greedy_decode(tokens(1, 4), max_len=9, go_id=GO, stop_id=STOP)
+        decoding.greedy(model, tokens(1, 4), max_len=9, go_id=GO, stop_id=STOP)
 
 
 # ------------------------------------------------------------------ initialisation
@@ -281,6 +285,6 @@ def test_overfits_one_copy_batch():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.05 * losses[0]
-    decoded = model.greedy_decode(src, max_len=10, go_id=GO, stop_id=STOP)
+    decoded = decoding.greedy(model, src, max_len=10, go_id=GO, stop_id=STOP)
     # Every row ends on STOP at the same step, so decoding stops there: [GO, copy..., STOP].
     assert torch.equal(decoded, torch.cat([torch.full((16, 1), GO), tgt_out], dim=1))

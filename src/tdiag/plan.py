@@ -33,6 +33,7 @@ TRAIN_CODE = source_files(
     "models/gpt.py",
     "models/init.py",
     "models/lstm.py",
+    "models/modes.py",
     "models/transformer.py",
     "train/checkpoint.py",
     "train/language_model_workload.py",

@@ -3,7 +3,16 @@
 `manual` writes scaled dot-product attention out (eq. 1) so every step can be read and
 inspected; `sdpa` calls `torch.nn.functional.scaled_dot_product_attention`,
 which picks fused kernels on GPU. They agree within float32 rounding
-(tests/test_attention.py). The backend is chosen by name in one place, `BACKENDS`.
+(tests/test_attention.py). The backend is chosen by name in one place, `BACKENDS`, and
+`MultiHeadAttention` is the only caller: the model config's `attention` names the
+backend of every block, and the same blocks run training, teacher-forced evaluation and
+incremental decoding, so the configured kernel is the one used everywhere.
+
+Incremental decoding passes a `KVCache` to `MultiHeadAttention.forward`: a
+self-attention block appends the new position's keys and values to it and attends over
+all positions so far; a cross-attention block reads the encoder memory's keys and values
+from it, projected once (`MultiHeadAttention.memory_cache`). Without a cache the forward
+pass is the training one, unchanged.
 
 Masks handed to a backend are boolean, True = "may attend" (SDPA's convention).
 
@@ -11,8 +20,7 @@ Fully masked rows: a query whose every key is masked (a source that is all paddi
 target that starts with a pad) would take a softmax over nothing, 0/0 = NaN. Such rows
 are let attend to every key, and their attention output is then set to zero, so the
 block contributes only W_O's bias there and no NaN reaches the forward or backward pass.
-With right padding and `<go>` at position 0 this never happens; the guard is for safety.
-"""
+With right padding and `<go>` at position 0 this never happens; the guard is for safety."""
 
 from __future__ import annotations
 
@@ -69,6 +77,68 @@ def sdpa_attention(
 BACKENDS: dict[str, Callable[..., Tensor]] = {"manual": manual_attention, "sdpa": sdpa_attention}
 
 
+class KVCache:
+    """The keys and values one `MultiHeadAttention` block has seen, kept between decoding steps.
+
+    A self-attention cache grows: each call writes the new positions' keys and values in
+    place into buffers of `steps` positions, so a step costs its own projections only. A
+    memory cache (`fixed`) holds the encoder memory's keys and values for cross-attention,
+    projected once. `reorder` and `keep` move and drop rows (beam search).
+    """
+
+    def __init__(self, steps: int):
+        self.steps = steps
+        self.fixed = False
+        self.length = 0  # positions held
+        self.k: Optional[Tensor] = None  # (N, h, steps, d_k) once the first position arrives
+        self.v: Optional[Tensor] = None
+
+    @classmethod
+    def of_memory(cls, k: Tensor, v: Tensor) -> "KVCache":
+        """A fixed cache of projected memory keys and values, (N, h, S, d_k) each."""
+        cache = cls(k.size(2))
+        cache.k, cache.v, cache.length, cache.fixed = k, v, k.size(2), True
+        return cache
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add new positions' keys and values (N, h, T, d_k) -> those of every position so far."""
+        if self.fixed:
+            raise ValueError("a memory cache is fixed: its keys and values were projected once")
+        end = self.length + k.size(2)
+        if end > self.steps:
+            raise ValueError(f"decoding past the {self.steps} positions this cache was made for")
+        if self.k is None:
+            shape = (k.size(0), k.size(1), self.steps, k.size(3))
+            self.k, self.v = k.new_empty(shape), v.new_empty(shape)
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]  # (N, h, T_so_far, d_k)
+
+    def reorder(self, parents: Tensor) -> None:
+        """Row r continues the decode of row parents[r]; only rows whose parent is another row move."""
+        moved = (parents != torch.arange(len(parents), device=parents.device)).nonzero()[:, 0]
+        if len(moved) and self.k is not None:
+            t = self.length
+            self.k[moved, :, :t] = self.k[parents[moved], :, :t]
+            self.v[moved, :, :t] = self.v[parents[moved], :, :t]
+
+    def keep(self, rows: Tensor) -> None:
+        """Drop every row but `rows` (decodes that have ended leave the batch)."""
+        if self.k is None:
+            return
+        if self.fixed:
+            self.k, self.v = self.k[rows], self.v[rows]
+            return
+        self.k, self.v = self._rows(self.k, rows), self._rows(self.v, rows)
+
+    def _rows(self, buffer: Tensor, rows: Tensor) -> Tensor:
+        """`buffer[rows]`, copying only the positions held so far."""
+        out = buffer.new_empty((len(rows), *buffer.shape[1:]))
+        out[:, :, : self.length] = buffer[rows, :, : self.length]
+        return out
+
+
 class MultiHeadAttention(nn.Module):
     """h heads of width d_k = d_model / h; projections W_Q, W_K, W_V, W_O, each d x d with bias."""
 
@@ -94,23 +164,44 @@ class MultiHeadAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.n_heads, self.d_k).transpose(1, 2)  # (B, h, T, d_k)
 
+    def memory_cache(self, memory: Tensor) -> KVCache:
+        """The keys and values of `memory` (N, S, d), projected once for cross-attention
+        over it at every decoding step."""
+        return KVCache.of_memory(self._split_heads(self.w_k(memory)), self._split_heads(self.w_v(memory)))
+
     def forward(
         self,
         x_q: Tensor,
-        x_kv: Tensor,
+        x_kv: Optional[Tensor],
         key_padding_mask: Optional[Tensor] = None,
         causal: bool = False,
+        cache: Optional[KVCache] = None,
     ) -> Tensor:
         """x_q (B, T_q, d) attends over x_kv (B, T_k, d) -> (B, T_q, d).
 
         key_padding_mask: bool (B, T_k), True where the key is padding and must not be seen.
         causal: query t sees only keys 0..t (decoder self-attention, section 3.2.3).
+        cache: for incremental decoding. A growing cache takes x_kv's keys and values and
+        attends over every position it holds; with `causal`, x_q is then either the whole
+        prefix into an empty cache or one new position, which may see every cached key. A
+        fixed (memory) cache supplies the keys and values, and x_kv is not read.
         """
         b, t_q, d = x_q.shape
-        t_k = x_kv.size(1)
         q = self._split_heads(self.w_q(x_q))  # (B, h, T_q, d_k)
-        k = self._split_heads(self.w_k(x_kv))  # (B, h, T_k, d_k)
-        v = self._split_heads(self.w_v(x_kv))  # (B, h, T_k, d_k)
+        if cache is not None and cache.fixed:
+            k, v = cache.k, cache.v  # (B, h, T_k, d_k), projected once
+        else:
+            k = self._split_heads(self.w_k(x_kv))  # (B, h, T_k, d_k)
+            v = self._split_heads(self.w_v(x_kv))  # (B, h, T_k, d_k)
+            if cache is not None:
+                k, v = cache.append(k, v)  # (B, h, T_k, d_k): every position so far
+        t_k = k.size(2)
+        if causal and cache is not None and t_q < t_k:
+            if t_q > 1:
+                raise ValueError(
+                    f"cached causal attention takes one new position per call once keys are cached (got {t_q})"
+                )
+            causal = False  # the newest position sees every key: no mask needed
         attend = BACKENDS[self.backend]
         dropout_p = self.dropout if self.training else 0.0
         if key_padding_mask is None:

@@ -1,10 +1,12 @@
 """Decoding an `EncoderDecoder` one token at a time: greedy search and beam search.
 
-Both run the decoder incrementally: each layer keeps the keys and values of the positions
-decoded so far, and the keys and values of the encoder memory are projected once, so a
-step costs one position instead of the whole prefix. Position t of a causal decoder
-depends on positions 0..t only, so this gives the logits of the full forward pass
-(tests/test_decoding.py checks them against `EncoderDecoder.decode`).
+Both run the model's own decoder incrementally (`EncoderDecoder.start_decoding` and
+`decode_step`, models/transformer.py): each self-attention block keeps the keys and
+values of the positions decoded so far, and each cross-attention block the keys and
+values of the encoder memory, projected once (`KVCache`, models/attention.py), so a step
+costs one position instead of the whole prefix. The steps go through the same
+`MultiHeadAttention` blocks as training, so the configured `attention` backend computes
+them too, and they give the logits of the full forward pass (tests/test_decoding.py).
 
 Beam search keeps `beam_size` hypotheses per sentence and ranks them by their
 length-normalised log-probability, sum(log p) / length, the length counting the
@@ -18,88 +20,10 @@ give the same output.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from tdiag.models.modes import evaluating
 from tdiag.models.transformer import EncoderDecoder
-
-
-class _IncrementalDecoder:
-    """The decoder stack of `model` fed one target position per call, for `src` (N, S),
-    decoding at most `steps` positions."""
-
-    def __init__(self, model: EncoderDecoder, src: Tensor, steps: int):
-        self.model = model
-        memory = model.encode(src)  # (N, S, d)
-        # Cross-attention may see every real source position: (N, 1, 1, S), True = attend.
-        self.src_allowed = (src != model.pad_id)[:, None, None, :]
-        # Keys and values of the memory for each layer's cross-attention, projected once.
-        self.memory_kv = [
-            (self._heads(attn, attn.w_k(memory)), self._heads(attn, attn.w_v(memory)))
-            for attn in (layer.cross_attn for layer in model.decoder.layers)
-        ]
-        # Keys and values of the decoded positions, written in place: (N, h, steps, d_k) each.
-        first = model.decoder.layers[0].self_attn
-        shape = (src.size(0), first.n_heads, steps, first.d_k)
-        self.self_kv = [(memory.new_empty(shape), memory.new_empty(shape)) for _ in model.decoder.layers]
-        self.length = 0
-
-    @staticmethod
-    def _heads(attn, x: Tensor) -> Tensor:
-        n, t, _ = x.shape
-        return x.view(n, t, attn.n_heads, attn.d_k).transpose(1, 2)  # (N, h, T, d_k)
-
-    def _attend(self, attn, x_q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None) -> Tensor:
-        q = self._heads(attn, attn.w_q(x_q))  # (N, h, 1, d_k)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (N, h, 1, d_k)
-        return attn.w_o(out.transpose(1, 2).reshape(x_q.shape))  # (N, 1, d)
-
-    def _self_attend(self, i: int, attn, y: Tensor) -> Tensor:
-        k, v = self.self_kv[i]
-        t = self.length
-        k[:, :, t : t + 1] = self._heads(attn, attn.w_k(y))  # (N, h, 1, d_k)
-        v[:, :, t : t + 1] = self._heads(attn, attn.w_v(y))
-        # The newest position may see every earlier one: causality needs no mask here.
-        return self._attend(attn, y, k[:, :, : t + 1], v[:, :, : t + 1], None)
-
-    def step(self, tokens: Tensor) -> Tensor:
-        """tokens (N,) at the next position -> next-token logits (N, V)."""
-        model, t = self.model, self.length
-        if t >= min(model.max_len, self.self_kv[0][0].size(2)):
-            raise ValueError(f"decoding past {t} positions (model max_len {model.max_len})")
-        embed = model.tgt_embed
-        x = embed.dropout(embed.tokens(tokens[:, None]) + embed.positions(t + 1)[t:])  # (N, 1, d)
-        for i, layer in enumerate(model.decoder.layers):
-            # The same sublayers and residual/LayerNorm placement as DecoderLayer.forward.
-            x = layer.self_attn_res(x, lambda y: self._self_attend(i, layer.self_attn, y))
-            k, v = self.memory_kv[i]
-            x = layer.cross_attn_res(x, lambda y: self._attend(layer.cross_attn, y, k, v, self.src_allowed))
-            x = layer.ffn_res(x, layer.ffn)
-        self.length += 1
-        return model.generator(model.decoder.norm(x))[:, 0]  # (N, V)
-
-    def reorder(self, parents: Tensor) -> None:
-        """Row r continues the hypothesis of row parents[r] (beam search). Rows only move
-        within a sentence's beam, whose copies of the memory are equal, so only the
-        decoder's own keys and values move, and only for rows whose parent is another row."""
-        moved = (parents != torch.arange(len(parents), device=parents.device)).nonzero()[:, 0]
-        if len(moved):
-            t = self.length
-            for k, v in self.self_kv:
-                k[moved, :, :t] = k[parents[moved], :, :t]
-                v[moved, :, :t] = v[parents[moved], :, :t]
-
-    def keep(self, rows: Tensor) -> None:
-        """Drop every row but `rows` (sentences whose search has ended leave the batch)."""
-        self.src_allowed = self.src_allowed[rows]
-        self.memory_kv = [(k[rows], v[rows]) for k, v in self.memory_kv]
-        self.self_kv = [(self._rows(k, rows), self._rows(v, rows)) for k, v in self.self_kv]
-
-    def _rows(self, buffer: Tensor, rows: Tensor) -> Tensor:
-        """`buffer[rows]`, copying only the positions decoded so far."""
-        out = buffer.new_empty((len(rows), *buffer.shape[1:]))
-        out[:, :, : self.length] = buffer[rows, :, : self.length]
-        return out
 
 
 def _check_length(model: EncoderDecoder, max_len: int) -> None:
@@ -110,7 +34,7 @@ def _check_length(model: EncoderDecoder, max_len: int) -> None:
 @torch.no_grad()
 def greedy(model: EncoderDecoder, src: Tensor, max_len: int, go_id: int, stop_id: int) -> Tensor:
     """Argmax decoding from `<go>`: src (B, S) -> (B, L), L <= max_len, `<go>` included,
-    positions after a row's `<stop>` set to padding (the format of `EncoderDecoder.greedy_decode`)."""
+    positions after a row's `<stop>` set to padding; decoding ends once every row has stopped."""
     return beam_search(model, src, max_len, go_id, stop_id, beam_size=1)[0]
 
 
@@ -126,18 +50,14 @@ def beam_search(
     _check_length(model, max_len)
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1 (got {beam_size})")
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         return _search(model, src, max_len, go_id, stop_id, beam_size)
-    finally:
-        model.train(was_training)
 
 
 def _search(model, src: Tensor, max_len: int, go_id: int, stop_id: int, k: int) -> tuple[Tensor, Tensor]:
     b, device, pad = src.size(0), src.device, model.pad_id
     longest = max_len - 1  # generated tokens a hypothesis can reach
-    decoder = _IncrementalDecoder(model, src.repeat_interleave(k, dim=0), longest)  # row = sentence * K + beam
+    cache = model.start_decoding(src.repeat_interleave(k, dim=0), longest)  # row = sentence * K + beam
     active = torch.arange(b, device=device)  # sentences still searching, in decoder row order
     seqs = torch.full((b * k, 1), go_id, dtype=torch.long, device=device)  # (A*K, t)
     # Only the first hypothesis of each beam is live at the start, so the K copies of
@@ -159,7 +79,7 @@ def _search(model, src: Tensor, max_len: int, go_id: int, stop_id: int, k: int) 
 
     for _ in range(longest):
         a = len(active)
-        step_lp = decoder.step(seqs[:, -1]).float().log_softmax(dim=-1).view(a, k, -1)  # (A, K, V)
+        step_lp = model.decode_step(seqs[:, -1], cache).float().log_softmax(dim=-1).view(a, k, -1)  # (A, K, V)
         vocab = step_lp.size(-1)
         # A finished hypothesis has one continuation, <pad>, which changes nothing.
         step_lp = step_lp.masked_fill(done[..., None], float("-inf"))
@@ -174,7 +94,7 @@ def _search(model, src: Tensor, max_len: int, go_id: int, stop_id: int, k: int) 
         done = done.gather(1, parent) | (token == stop_id)
         flat_parent = (parent + torch.arange(a, device=device)[:, None] * k).view(-1)  # (A*K,)
         seqs = torch.cat([seqs[flat_parent], token.view(-1, 1)], dim=1)
-        decoder.reorder(flat_parent)
+        cache.reorder(flat_parent)
         # A sentence is decided once no live hypothesis can beat its best finished one: a
         # live score can rise at most to log_prob / longest (only certain tokens, log p = 0,
         # up to the length limit), and its current score is lower still.
@@ -187,7 +107,7 @@ def _search(model, src: Tensor, max_len: int, go_id: int, stop_id: int, k: int) 
             active, log_prob, lengths, done, seqs = active[stay], log_prob[stay], lengths[stay], done[stay], seqs[rows]
             if not len(active):
                 break
-            decoder.keep(rows)
+            cache.keep(rows)
     if len(active):
         finish(torch.arange(len(active), device=device))
     width = max(len(s) for s in best_seq)
@@ -201,12 +121,8 @@ def _search(model, src: Tensor, max_len: int, go_id: int, stop_id: int, k: int) 
 def sequence_score(model: EncoderDecoder, src: Tensor, seqs: Tensor, stop_id: int) -> Tensor:
     """Length-normalised log-probability of given decodes (`greedy`'s format) under the model:
     the score `beam_search` ranks by, computed by one teacher-forced pass. -> (B,)"""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         log_p = model(src, seqs[:, :-1]).float().log_softmax(dim=-1)  # (B, L-1, V)
-    finally:
-        model.train(was_training)
     targets = seqs[:, 1:]
     token_lp = log_p.gather(-1, targets[..., None])[..., 0]  # (B, L-1)
     # Count tokens up to and including the first <stop> (or all, if it never stopped).

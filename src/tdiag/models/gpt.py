@@ -7,7 +7,8 @@ the same thing in both families:
 - `norm`: 'pre' (GPT-2's placement, Radford et al. 2019, section 2.3, with a final
   LayerNorm) or 'post' (the original Transformer's LN(x + Sublayer(x))).
 - `positions`: 'learned' (GPT's choice) or 'sinusoidal'.
-- `attention`: 'manual' or 'sdpa' (models/attention.py).
+- `attention`: 'manual' or 'sdpa' (models/attention.py), in training and in decoding
+  alike: generation step by step passes a `DecodingCache` through the same layers.
 - `tie_embeddings`: the output projection's weight is the token embedding (Press &
   Wolf 2017); its bias stays a separate parameter.
 
@@ -22,7 +23,8 @@ from torch import Tensor, nn
 
 from tdiag.config import ModelConfig
 from tdiag.models.init import init_weights
-from tdiag.models.transformer import InputEmbedding, LearnedPositions, SelfAttentionLayer, _final_norm
+from tdiag.models.attention import KVCache
+from tdiag.models.transformer import DecodingCache, InputEmbedding, LearnedPositions, SelfAttentionLayer, _final_norm
 
 
 class GPT(nn.Module):
@@ -51,8 +53,15 @@ class GPT(nn.Module):
             positions=[self.embed.positions.table] if isinstance(self.embed.positions, LearnedPositions) else [],
         )
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        x = self.embed(tokens)  # (B, T, d); refuses T > max_len
-        for layer in self.layers:
-            x = layer(x)
+    def start_decoding(self, steps: int) -> DecodingCache:
+        """An empty cache for generating up to `steps` positions (prompt included) with `forward`."""
+        return DecodingCache([KVCache(steps) for _ in self.layers])
+
+    def forward(self, tokens: Tensor, cache: DecodingCache | None = None) -> Tensor:
+        """cache: when generating, `tokens` continue the positions the cache holds: the
+        prompt into an empty cache, then one token per call, each attending over the
+        cached keys and values instead of recomputing the prefix."""
+        x = self.embed(tokens, start=0 if cache is None else cache.length)  # (B, T, d); refuses past max_len
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cache=None if cache is None else cache.self_attn[i])
         return self.output(self.norm(x))  # (B, T, V)

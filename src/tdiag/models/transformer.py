@@ -6,7 +6,11 @@ Departures from the paper are named options of `ModelConfig`, never silent:
   x + Sublayer(LN(x)) with a final LayerNorm after each stack (Xiong et al. 2020).
 - `positions`: 'sinusoidal' is section 3.5; 'learned' is the alternative the paper
   reports as nearly identical (section 3.5, table 3 row E).
-- `attention`: 'manual' or 'sdpa', see models/attention.py.
+- `attention`: 'manual' or 'sdpa', see models/attention.py. Every `MultiHeadAttention`
+  block is built with it, and decoding runs through the same blocks: `Decoder.forward`
+  takes an optional `DecodingCache` and hands each layer its `KVCache`s, and
+  `EncoderDecoder.decode_step` feeds it one target position at a time (models/decoding.py
+  searches with it; models/gpt.py generates the same way).
 - Embeddings are not multiplied by sqrt(d_model) (section 3.4); `init.embedding_std`
   sets their scale instead (models/init.py).
 
@@ -22,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from tdiag.config import ModelConfig
-from tdiag.models.attention import MultiHeadAttention
+from tdiag.models.attention import KVCache, MultiHeadAttention
 from tdiag.models.init import init_weights
 
 
@@ -74,14 +78,15 @@ class InputEmbedding(nn.Module):
         self.positions = POSITIONS[cfg.positions](cfg.max_len, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, ids: Tensor) -> Tensor:
-        length = ids.size(1)
+    def forward(self, ids: Tensor, start: int = 0) -> Tensor:
+        """ids (B, T) at positions start..start+T-1 (start > 0 when decoding step by step)."""
+        length = start + ids.size(1)
         if length > self.max_len:
             raise ValueError(
                 f"{self.side} length {length} exceeds the model's max_len {self.max_len}; "
                 "shorten the input or raise model.max_len"
             )
-        return self.dropout(self.tokens(ids) + self.positions(length))  # (B, T, d)
+        return self.dropout(self.tokens(ids) + self.positions(length)[start:])  # (B, T, d)
 
 
 class Residual(nn.Module):
@@ -130,8 +135,11 @@ class SelfAttentionLayer(nn.Module):
         self.self_attn_res = Residual(cfg.d_model, cfg.dropout, cfg.norm)
         self.ffn_res = Residual(cfg.d_model, cfg.dropout, cfg.norm)
 
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        x = self.self_attn_res(x, lambda y: self.self_attn(y, y, key_padding_mask, causal=self.causal))
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        """cache: this layer's self-attention keys and values when decoding step by step."""
+        x = self.self_attn_res(
+            x, lambda y: self.self_attn(y, y, key_padding_mask, causal=self.causal, cache=cache)
+        )
         return self.ffn_res(x, self.ffn)  # (B, T, d)
 
 
@@ -147,19 +155,56 @@ class DecoderLayer(nn.Module):
         self.cross_attn_res = Residual(cfg.d_model, cfg.dropout, cfg.norm)
         self.ffn_res = Residual(cfg.d_model, cfg.dropout, cfg.norm)
 
-    def forward(self, x: Tensor, memory: Tensor, src_pad: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, memory: Tensor | None, src_pad: Tensor, caches: tuple[KVCache, KVCache] | None = None
+    ) -> Tensor:
+        """caches: (self-attention, memory) caches when decoding step by step; the memory
+        cache holds the projected memory, and `memory` may then be None."""
+        self_cache, memory_cache = (None, None) if caches is None else caches
         # With right padding, causality already hides every pad key from every real
         # query, so no padding mask is needed here; without one, SDPA can take its
         # flash/efficient causal kernels on GPU. Outputs at pad positions are ignored.
-        x = self.self_attn_res(x, lambda y: self.self_attn(y, y, None, causal=True))
+        x = self.self_attn_res(x, lambda y: self.self_attn(y, y, None, causal=True, cache=self_cache))
         # Queries from the decoder, keys and values from the memory (section 3.2.3).
-        x = self.cross_attn_res(x, lambda y: self.cross_attn(y, memory, src_pad))
+        x = self.cross_attn_res(x, lambda y: self.cross_attn(y, memory, src_pad, cache=memory_cache))
         return self.ffn_res(x, self.ffn)  # (B, T, d)
 
 
 def _final_norm(cfg: ModelConfig) -> nn.Module:
     """Pre-norm leaves the residual stream unnormalised, so each stack ends with a LayerNorm."""
     return nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
+
+
+class DecodingCache:
+    """What a model keeps between decoding steps: per layer, the self-attention's keys and
+    values of the positions decoded so far, and for an encoder-decoder the memory's keys
+    and values (projected once) and the source padding that hides them.
+
+    `length` is the number of positions decoded, so the next one is embedded at that offset.
+    """
+
+    def __init__(self, self_attn: list[KVCache], memory: list[KVCache] | None = None, src_pad: Tensor | None = None):
+        self.self_attn = self_attn
+        self.memory = memory or []
+        self.src_pad = src_pad  # (N, S), True at padding
+
+    @property
+    def length(self) -> int:
+        return self.self_attn[0].length
+
+    def reorder(self, parents: Tensor) -> None:
+        """Row r continues the decode of row parents[r] (beam search). Rows move only
+        within the copies of one source (a sentence's beam), whose memory keys, values and
+        padding are equal, so only the decoded positions' keys and values move."""
+        for cache in self.self_attn:
+            cache.reorder(parents)
+
+    def keep(self, rows: Tensor) -> None:
+        """Drop every row but `rows` (decodes that have ended leave the batch)."""
+        for cache in self.self_attn + self.memory:
+            cache.keep(rows)
+        if self.src_pad is not None:
+            self.src_pad = self.src_pad[rows]
 
 
 class Encoder(nn.Module):
@@ -180,9 +225,11 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
         self.norm = _final_norm(cfg)
 
-    def forward(self, x: Tensor, memory: Tensor, src_pad: Tensor) -> Tensor:
-        for layer in self.layers:
-            x = layer(x, memory, src_pad)
+    def forward(
+        self, x: Tensor, memory: Tensor | None, src_pad: Tensor, cache: DecodingCache | None = None
+    ) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x, memory, src_pad, None if cache is None else (cache.self_attn[i], cache.memory[i]))
         return self.norm(x)  # (B, T, d)
 
 
@@ -229,30 +276,20 @@ class EncoderDecoder(nn.Module):
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         return self.decode(self.encode(src), src, tgt_in)  # (B, T, V)
 
-    @torch.no_grad()
-    def greedy_decode(self, src: Tensor, max_len: int, go_id: int, stop_id: int) -> Tensor:
-        """Argmax decoding from `<go>`: (B, S) -> (B, L), L <= max_len, `<go>` included.
+    def start_decoding(self, src: Tensor, steps: int) -> DecodingCache:
+        """Encode src (N, S) and project the memory's keys and values for every layer's
+        cross-attention, once: the cache for up to `steps` calls of `decode_step`."""
+        memory = self.encode(src)  # (N, S, d)
+        return DecodingCache(
+            self_attn=[KVCache(steps) for _ in self.decoder.layers],
+            memory=[layer.cross_attn.memory_cache(memory) for layer in self.decoder.layers],
+            src_pad=src == self.pad_id,
+        )
 
-        Stops once every row has produced `stop_id`; a row's positions after its stop are
-        `pad_id`. Runs in eval mode (no dropout) and restores the caller's mode.
-        """
-        if not 1 <= max_len <= self.max_len:
-            raise ValueError(
-                f"greedy_decode max_len {max_len} must be between 1 and the model's max_len {self.max_len}"
-            )
-        was_training = self.training
-        self.eval()
-        try:
-            memory = self.encode(src)  # (B, S, d)
-            out = torch.full((src.size(0), 1), go_id, dtype=torch.long, device=src.device)  # (B, 1)
-            done = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)  # (B,)
-            for _ in range(max_len - 1):
-                logits = self.decode(memory, src, out)[:, -1]  # (B, V)
-                step = logits.argmax(dim=-1).masked_fill(done, self.pad_id)  # (B,)
-                out = torch.cat([out, step[:, None]], dim=1)  # (B, t + 1)
-                done |= step == stop_id
-                if bool(done.all()):
-                    break
-            return out
-        finally:
-            self.train(was_training)
+    def decode_step(self, tokens: Tensor, cache: DecodingCache) -> Tensor:
+        """tokens (N,) at target position `cache.length` -> next-token logits (N, V).
+
+        Position t of the causal decoder depends on positions 0..t only, so the steps give
+        the logits of `decode` on the whole prefix (tests/test_decoding.py)."""
+        x = self.tgt_embed(tokens[:, None], start=cache.length)  # (N, 1, d)
+        return self.generator(self.decoder(x, None, cache.src_pad, cache))[:, 0]  # (N, V)

@@ -152,6 +152,13 @@ class LanguageModelWorkload:
                     token = logits[0, -1].argmax()
                     generated.append(int(token))
                     logits, state = model(token.view(1, 1), state)
+            elif prompt + length <= model.max_len:
+                cache = model.start_decoding(prompt + length)  # every position fits: no window to slide
+                logits = model(context[None], cache)
+                for _ in range(length):
+                    token = logits[0, -1].argmax()
+                    generated.append(int(token))
+                    logits = model(token.view(1, 1), cache)
             else:
                 tokens = context
                 for _ in range(length):
