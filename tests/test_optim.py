@@ -95,3 +95,32 @@ def test_scheduler_gives_optimizer_step_k_the_step_k_rate(cfg):
         opt.step()
         sched.step()
         assert opt.param_groups[0]["lr"] == pytest.approx(cfg.lr * lr_multiplier(cfg, k + 1, 64), rel=1e-12)
+
+
+def test_adamw_decays_weight_matrices_only():
+    """With zero gradients an AdamW step changes a parameter by decay alone: matrices
+    (linear weights, embeddings) shrink by lr * weight_decay, biases and LayerNorm
+    gains and offsets do not move."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 4), torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    cfg = TrainConfig(optimizer="adamw", lr=0.1, weight_decay=0.5, schedule="constant", warmup_steps=0)
+    opt = build_optimizer(model.parameters(), cfg)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for name, p in model.named_parameters():
+        if p.dim() >= 2:
+            torch.testing.assert_close(p.detach(), before[name] * (1 - 0.1 * 0.5), msg=name)
+        else:
+            assert torch.equal(p.detach(), before[name]), name
+    assert {n for n, p in model.named_parameters() if p.dim() >= 2} == {"0.weight", "1.weight"}
+
+
+def test_adamw_state_layout_does_not_depend_on_weight_decay():
+    """A checkpoint of a run without decay resumes into one with decay (same groups)."""
+    model = torch.nn.Linear(3, 3)
+    off = build_optimizer(model.parameters(), TrainConfig(optimizer="adamw", weight_decay=0.0))
+    on = build_optimizer(model.parameters(), TrainConfig(optimizer="adamw", weight_decay=0.1))
+    assert [len(g["params"]) for g in off.param_groups] == [1, 1]  # weight; bias
+    on.load_state_dict(off.state_dict())  # raises when the group layouts differ

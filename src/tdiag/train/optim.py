@@ -4,6 +4,12 @@
 lr * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5), so a longer warmup also means
 a lower peak, exactly as in the paper's warmup ablations. `cosine` and `constant` use
 `lr` as the peak rate, reached linearly over `warmup_steps`.
+
+AdamW's decoupled weight decay (Loshchilov & Hutter 2019) applies to weight matrices
+only: biases and LayerNorm gains are left undecayed, the usual rule (nanoGPT, GPT-3),
+since shrinking a gain or an offset towards zero is no regulariser of the function's
+complexity. SGD, momentum and Adam keep `weight_decay` as the L2 term torch gives them,
+on every parameter.
 """
 
 from __future__ import annotations
@@ -15,6 +21,19 @@ import torch
 from tdiag.config import TrainConfig
 
 
+def decay_groups(params, weight_decay: float) -> list[dict]:
+    """Two parameter groups: matrices (embeddings included) decayed, vectors not.
+
+    Both groups exist even when one is empty or `weight_decay` is 0, so every AdamW
+    optimizer state has the same layout and a checkpoint resumes into it.
+    """
+    params = list(params)
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
 def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -23,7 +42,9 @@ def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(
+            decay_groups(params, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps
+        )
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
 
