@@ -17,8 +17,9 @@ import yaml
 
 from tdiag import paths
 from tdiag.config import Config
+from tdiag.digest import json_digest
 from tdiag.data.kinds import corpus_files, kind_of
-from tdiag.stage import Stage, fingerprint, source_files
+from tdiag.stage import Stage, source_files
 
 REPORT_INDEX = "index"
 
@@ -27,6 +28,7 @@ TRAIN_CODE = source_files(
     "data/bpe.py",
     "data/language_model.py",
     "data/wmt14.py",
+    "digest.py",
     "models/__init__.py",
     "models/attention.py",
     "models/decoding.py",
@@ -93,7 +95,7 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
                 metrics=(summary,),
                 gpu=True,
                 priority=cfg.studies[study].priority,
-                fingerprint=fingerprint([cfg.resolved_scale, rc.model_dump(mode="json")]),
+                fingerprint=json_digest([cfg.resolved_scale, rc.model_dump(mode="json")]),
             )
         )
     table = str(paths.study_table(study))

@@ -6,8 +6,6 @@ their own data stages.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,11 +15,6 @@ PACKAGE_DIR = Path("src") / "tdiag"
 def source_files(*modules: str) -> tuple[str, ...]:
     """Source files a stage's output depends on, so editing them reruns the stage."""
     return tuple(str(PACKAGE_DIR / m) for m in modules)
-
-
-def fingerprint(obj) -> str:
-    """Digest of a stage's resolved settings (JSON-able)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

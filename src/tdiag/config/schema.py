@@ -7,9 +7,7 @@ on that section's model, so a bad combination fails when the file is loaded.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -18,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 from tdiag.config.errors import ConfigError
 from tdiag.config.overrides import deep_merge
+from tdiag.digest import json_digest
 
 
 class Frozen(BaseModel):
@@ -271,8 +270,7 @@ class RunConfig(Frozen):
 
     def digest(self, extra: Any = None) -> str:
         """Identity of the run's configuration (and `extra`, e.g. its dataset's config)."""
-        text = json.dumps([self.model_dump(mode="json", exclude={"seeds"}), extra], sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return json_digest([self.model_dump(mode="json", exclude={"seeds"}), extra])
 
     def seed_values(self) -> list[int]:
         return [self.train.seed + i for i in range(self.seeds)]

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from tdiag import paths
-from tdiag.stage import Stage, fingerprint, source_files
+from tdiag.digest import json_digest
+from tdiag.stage import Stage, source_files
 
 if TYPE_CHECKING:
     from tdiag.config import DatasetConfig, LanguageModelTaskConfig, TrainConfig, TranslationTaskConfig
@@ -116,7 +117,7 @@ class Synthetic(DatasetKind):
                 deps=source_files("data/synthetic.py"),
                 outs=self.files(name),
                 params=(f"datasets.{name}", "scale", "scales"),
-                fingerprint=fingerprint(ds.model_dump(mode="json")),
+                fingerprint=json_digest(ds.model_dump(mode="json")),
             )
         ]
 
@@ -146,7 +147,7 @@ class Translation(DatasetKind):
         train_text = tuple(str(paths.tokenized(name, "train", lang)) for lang in langs)
         fetched = tuple(f for c in self.corpora(ds) for f in corpus_files(c))
         settings = (f"datasets.{name}", "scale", "scales")
-        digest = fingerprint(ds.model_dump(mode="json"))
+        digest = json_digest(ds.model_dump(mode="json"))
         return [
             Stage(
                 name=f"data_prepare_{name}",
@@ -202,7 +203,7 @@ class LanguageModel(DatasetKind):
                 deps=sources + source_files("data/language_model.py"),
                 outs=(str(paths.lm_vocab(name)),) + self.files(name),
                 params=(f"datasets.{name}",),
-                fingerprint=fingerprint(ds.model_dump(mode="json")),
+                fingerprint=json_digest(ds.model_dump(mode="json")),
             )
         ]
 

@@ -1,4 +1,5 @@
-"""Decoding an `EncoderDecoder` one token at a time: greedy search and beam search.
+"""Decoding one token at a time: greedy and beam search for an `EncoderDecoder`, and
+greedy continuation of a prompt for the language models (`continue_greedy`).
 
 Both run the model's own decoder incrementally (`EncoderDecoder.start_decoding` and
 `decode_step`, models/transformer.py): each self-attention block keeps the keys and
@@ -15,6 +16,9 @@ hypothesis stays in the beam with its score frozen; a sentence's search ends whe
 hypothesis in its beam has finished, or no live one can still beat its best finished
 one, or at `max_len`. With `beam_size` 1 it is greedy search step for step, so the two
 give the same output.
+
+A GPT continues through the same kind of cache (`GPT.start_decoding`); an LSTM carries
+its recurrent state, which is its cache.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tdiag.models.gpt import GPT
+from tdiag.models.lstm import LSTMLanguageModel
 from tdiag.models.modes import evaluating
 from tdiag.models.transformer import EncoderDecoder
 
@@ -129,3 +135,32 @@ def sequence_score(model: EncoderDecoder, src: Tensor, seqs: Tensor, stop_id: in
     stopped_before = torch.cumsum((targets == stop_id).long(), dim=1) - (targets == stop_id).long()
     keep = stopped_before == 0
     return (token_lp * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)
+
+
+@torch.no_grad()
+def continue_greedy(model: GPT | LSTMLanguageModel, context: Tensor, length: int) -> list[int]:
+    """The `length` argmax tokens that follow `context` (T,) under a language model, in
+    eval mode. A GPT whose position table cannot hold context and continuation slides a
+    window of its last `max_len` tokens, recomputed each step (no cache can hold that)."""
+    generated: list[int] = []
+    with evaluating(model):
+        if isinstance(model, LSTMLanguageModel):
+            logits, state = model(context[None])
+            for _ in range(length):
+                token = logits[0, -1].argmax()
+                generated.append(int(token))
+                logits, state = model(token.view(1, 1), state)
+        elif len(context) + length <= model.max_len:
+            cache = model.start_decoding(len(context) + length)
+            logits = model(context[None], cache)
+            for _ in range(length):
+                token = logits[0, -1].argmax()
+                generated.append(int(token))
+                logits = model(token.view(1, 1), cache)
+        else:
+            tokens = context
+            for _ in range(length):
+                token = model(tokens[-model.max_len :][None])[0, -1].argmax()
+                generated.append(int(token))
+                tokens = torch.cat([tokens, token.view(1)])
+    return generated

@@ -27,7 +27,9 @@ from tdiag import devices, paths
 from tdiag.config import TrainConfig
 from tdiag.data.language_model import Vocabulary, batchify, n_segments, segment
 from tdiag.errors import UserError
+from tdiag.models import decoding
 from tdiag.models.lstm import LSTMLanguageModel
+from tdiag.models.modes import evaluating
 from tdiag.train.workload import StepBatch
 
 EVAL_STREAMS = 10
@@ -107,15 +109,13 @@ class LanguageModelWorkload:
         """Loss and perplexity over the whole split (`decode_limit` does not apply: an
         LM is scored by teacher forcing alone)."""
         data = self.data[split]
-        was_training = model.training
-        model.eval()
         state, loss_sum, n_tokens = None, torch.zeros((), device=self.device, dtype=torch.float64), 0
-        for start in range(0, data.size(1) - 1, self.bptt):
-            inputs, targets = segment(data, start, self.bptt)
-            logits, state = self._logits(model, inputs, state)
-            loss_sum += F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
-            n_tokens += targets.numel()
-        model.train(was_training)
+        with evaluating(model):
+            for start in range(0, data.size(1) - 1, self.bptt):
+                inputs, targets = segment(data, start, self.bptt)
+                logits, state = self._logits(model, inputs, state)
+                loss_sum += F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
+                n_tokens += targets.numel()
         loss = float(loss_sum) / n_tokens
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": n_tokens}
 
@@ -140,35 +140,12 @@ class LanguageModelWorkload:
         stream = self.streams[split]
         if stream.numel() < prompt + length + 2:
             return []
-        was_training = model.training
-        model.eval()
         out = []
         for start in self._prompt_starts(stream.tolist(), n, prompt, length):
             context = stream[start : start + prompt].to(self.device)
-            generated = []
-            if isinstance(model, LSTMLanguageModel):
-                logits, state = model(context[None])
-                for _ in range(length):
-                    token = logits[0, -1].argmax()
-                    generated.append(int(token))
-                    logits, state = model(token.view(1, 1), state)
-            elif prompt + length <= model.max_len:
-                cache = model.start_decoding(prompt + length)  # every position fits: no window to slide
-                logits = model(context[None], cache)
-                for _ in range(length):
-                    token = logits[0, -1].argmax()
-                    generated.append(int(token))
-                    logits = model(token.view(1, 1), cache)
-            else:
-                tokens = context
-                for _ in range(length):
-                    token = model(tokens[-model.max_len :][None])[0, -1].argmax()
-                    generated.append(int(token))
-                    tokens = torch.cat([tokens, token.view(1)])
             out.append({
                 "prompt": self._text(context.tolist()),
-                "continuation": self._text(generated),
+                "continuation": self._text(decoding.continue_greedy(model, context, length)),
                 "reference": self._text(stream[start + prompt : start + prompt + length].tolist()),
             })
-        model.train(was_training)
         return out

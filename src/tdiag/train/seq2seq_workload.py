@@ -26,6 +26,7 @@ from tdiag.config import TrainConfig
 from tdiag.data import bpe, wmt14
 from tdiag.data.batching import PairedData, batch_indices, bucket_indices, load_pairs, token_buckets
 from tdiag.models import decoding
+from tdiag.models.modes import evaluating
 from tdiag.train.metrics import bleu, exact_match, text_scores, token_counts
 from tdiag.train.workload import StepBatch
 
@@ -152,29 +153,27 @@ class Seq2SeqWorkload:
         teacher-forced loss, token accuracy and sequence accuracy, and exact match,
         BLEU (and chrF for text) of their decodes."""
         data: PairedData = self.splits[split]
-        was_training = model.training
-        model.eval()
         loss_sum, correct, total, tf_matches, matches = 0.0, 0, 0, 0, 0
         limit = len(data) if decode_limit is None else min(decode_limit, len(data))
-        for idx in self._batches(data, limit, "tgt", EVAL_TOKENS):
-            src, tgt = (t.to(self.device) for t in data.batch(idx, self.pad_id))
-            logits = model(src, tgt[:, :-1])
-            labels = tgt[:, 1:]
-            loss_sum += float(F.cross_entropy(
-                logits.float().transpose(1, 2), labels, ignore_index=self.pad_id, reduction="sum"
-            ))
-            c, n = token_counts(logits, labels, self.pad_id)
-            correct, total = correct + c, total + n
-            right = (logits.argmax(-1) == labels) | (labels == self.pad_id)
-            tf_matches += int(right.all(dim=1).sum())
         hypotheses = [""] * limit
-        for idx in self._batches(data, limit, "src", DECODE_TOKENS):
-            src, tgt = (t.to(self.device) for t in data.batch(idx, self.pad_id))
-            predicted = self._decode(model, src, tgt)
-            matches += int(exact_match(predicted, tgt, self.pad_id).sum())
-            for i, row in zip(idx.tolist(), predicted):
-                hypotheses[i] = self._hypothesis(row)
-        model.train(was_training)
+        with evaluating(model):
+            for idx in self._batches(data, limit, "tgt", EVAL_TOKENS):
+                src, tgt = (t.to(self.device) for t in data.batch(idx, self.pad_id))
+                logits = model(src, tgt[:, :-1])
+                labels = tgt[:, 1:]
+                loss_sum += float(F.cross_entropy(
+                    logits.float().transpose(1, 2), labels, ignore_index=self.pad_id, reduction="sum"
+                ))
+                c, n = token_counts(logits, labels, self.pad_id)
+                correct, total = correct + c, total + n
+                right = (logits.argmax(-1) == labels) | (labels == self.pad_id)
+                tf_matches += int(right.all(dim=1).sum())
+            for idx in self._batches(data, limit, "src", DECODE_TOKENS):
+                src, tgt = (t.to(self.device) for t in data.batch(idx, self.pad_id))
+                predicted = self._decode(model, src, tgt)
+                matches += int(exact_match(predicted, tgt, self.pad_id).sum())
+                for i, row in zip(idx.tolist(), predicted):
+                    hypotheses[i] = self._hypothesis(row)
         loss = loss_sum / max(total, 1)
         if self.text:
             scores = text_scores(hypotheses, self.raw[split]["tgt"][:limit])
