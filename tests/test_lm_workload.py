@@ -103,7 +103,7 @@ def test_mirror_fetch_then_prepare_is_labelled_the_offline_resplit(tmp_path: Pat
     write_params(tmp_path, params)
     tdiag("--set", f"data.mirror={MIRROR}", "data", "fetch", "wikitext2", cwd=tmp_path)
     tdiag("data", "prepare", "wikitext2", cwd=tmp_path)
-    meta = json.loads((tmp_path / paths.dataset_meta("wikitext2", False)).read_text())
+    meta = json.loads((tmp_path / paths.prepared_meta("wikitext2")).read_text())
     assert meta["card"]["label"] == "WikiText-2 (offline re-split)"
     assert meta["card"]["source"]["origin"] == "mirror" and "re-split" in meta["card"]["source"]["note"]
     assert meta["tokens"] == {"train": 3000, "valid": 2000, "test": 2000}

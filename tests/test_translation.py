@@ -55,7 +55,7 @@ def data_file(root: Path, kind: str, split: str, lang: str) -> Path:
 
 
 def meta(root: Path) -> dict:
-    return json.loads((root / paths.dataset_meta(NAME, synthetic=False)).read_text())
+    return json.loads((root / paths.prepared_meta(NAME)).read_text())
 
 
 # ------------------------------------------------------------------------ prepare
@@ -191,7 +191,7 @@ def test_records_carry_the_raw_references_and_meta_is_written_last(project):
     card = m["card"]
     assert card["bpe_merges"] == 600 and card["vocabulary_size"] == len(m["tgt_tokens"])
     assert card["sources"][0]["origin"] == "mirror" and card["sources"][0]["corpus"] == "wmt14"
-    meta_time = (project / paths.dataset_meta(NAME, synthetic=False)).stat().st_mtime_ns
+    meta_time = (project / paths.prepared_meta(NAME)).stat().st_mtime_ns
     assert all(meta_time >= (project / paths.pairs_split(NAME, s)).stat().st_mtime_ns for s in paths.SPLITS)
 
 

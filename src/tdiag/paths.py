@@ -28,10 +28,6 @@ def prepared_dir(dataset: str) -> Path:
     return RESULTS / "data" / dataset
 
 
-def dataset_dir(dataset: str, synthetic: bool) -> Path:
-    return synthetic_dir(dataset) if synthetic else prepared_dir(dataset)
-
-
 # Files inside a dataset's folder (synthetic or prepared): training reads them through
 # these, whichever folder it was given.
 
@@ -56,8 +52,8 @@ def vocab_file(folder: Path) -> Path:
     return folder / "vocab.json"
 
 
-def dataset_meta(dataset: str, synthetic: bool) -> Path:
-    return meta_file(dataset_dir(dataset, synthetic))
+def prepared_meta(dataset: str) -> Path:
+    return meta_file(prepared_dir(dataset))
 
 
 def synthetic_split(dataset: str, split: str) -> Path:

@@ -192,6 +192,6 @@ def prepare(name: str, cfg: LanguageModelTaskConfig, root: Path = Path(".")) -> 
             "files": {split: str(path) for split, path in files.items()},
         },
     }
-    write_json(root / paths.dataset_meta(name, False), meta)
+    write_json(root / paths.prepared_meta(name), meta)
     print(f"dataset {name}: {meta['card']['description']}; vocabulary {len(vocab):,}; tokens {kept}")
     return meta

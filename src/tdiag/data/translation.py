@@ -146,7 +146,7 @@ def apply_bpe(name: str, cfg: TranslationTaskConfig, root: Path = Path(".")) -> 
         text={"kind": "bpe", "source_lang": cfg.source_lang, "target_lang": cfg.target_lang, "separator": bpe.SEPARATOR},
         card=data_card(name, cfg, root, sizes, dropped, unknown, counts, (len(src_tokens), len(tgt_tokens))),
     )
-    atomic.write_json(root / paths.dataset_meta(name, synthetic=False), meta)
+    atomic.write_json(root / paths.prepared_meta(name), meta)
     print(
         f"dataset {name}: {sizes} pairs ({dropped['train']} long training pairs dropped), "
         f"vocabulary {len(src_tokens)} source / {len(tgt_tokens)} target"

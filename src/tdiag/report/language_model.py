@@ -123,7 +123,7 @@ def data_statement(root: str | Path, runs: pd.DataFrame) -> str:
     """What text the numbers come from, from the dataset's data card (Markdown)."""
     lines = []
     for dataset in runs["dataset"].drop_duplicates():
-        meta = json.loads((Path(root) / paths.dataset_meta(dataset, False)).read_text())
+        meta = json.loads((Path(root) / paths.prepared_meta(dataset)).read_text())
         card, source = meta["card"], meta["card"]["source"]
         text = f"**Data:** {card['label']}"
         if card["subset"]:

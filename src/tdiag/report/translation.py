@@ -147,7 +147,7 @@ def samples(root: str | Path, study: str, split: str, n: int = 5) -> pd.DataFram
 
 def data_card(root: str | Path, dataset: str) -> pd.DataFrame:
     """The dataset's card (corpus, origin, sizes, BPE merges, vocabulary) as a two-column table."""
-    meta = json.loads((Path(root) / paths.dataset_meta(dataset, synthetic=False)).read_text())
+    meta = json.loads((Path(root) / paths.prepared_meta(dataset)).read_text())
     card = meta["card"]
     source = card["sources"][0]
     origin = source["origin"] + (f" ({source['mirror']})" if source.get("mirror") else "")
