@@ -2,52 +2,82 @@
 
 Snakemake's `--resources gpu=N` only caps how many `gpu=1` jobs run at once; it does not
 say which GPU each one gets, and without the flag it starts every job at once. So a job
-claims a device itself: one lock file per device index under a shared folder, taken with
-a non-blocking `flock`, held while the job keeps its `Slot`, and waited for (not failed on)
-when every device is busy. The kernel drops `flock` locks when a process dies, so a
-killed job leaves no stale lock behind.
+claims a device itself, holds it while it keeps its `Slot`, and waits (does not fail)
+while every device is busy.
+
+A claim on one device is two kernel objects, both dropped by the kernel when the process
+dies, so a killed job (even by SIGKILL) leaves nothing stale behind:
+
+- a non-blocking `flock` on `<lock folder>/slot-<device>.lock`, the lock every job sees,
+  also across containers that share the folder. After locking, the locked file must
+  still be the one at the path (same device and inode); if a cleaner deleted or replaced
+  it in between, the claim is retried, so a claimant never holds a file nobody else sees.
+- a guard: a Unix socket bound to an abstract name derived from the lock folder and the
+  device (Linux). A file lock alone cannot survive a deleted file: the holder keeps its
+  lock on the unlinked inode while the next claimant creates a new file at the same path
+  and locks that. A holder cannot re-link its file, and a pid written into the file goes
+  with the file, so the claim needs an object a temp cleaner cannot delete. An abstract
+  socket name lives in the kernel, not the file system; binding it fails while the holder
+  lives, and frees the instant it dies. It is per network namespace, so jobs in
+  containers with their own network that share one lock folder rely on the flock alone.
+
+The lock folder is one fixed path for the whole machine (`default_lock_dir`), not under
+`$TMPDIR`, since jobs with different `TMPDIR`s must still exclude each other.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
+import hashlib
 import os
 import platform
+import re
 import resource
+import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
+
+from tdiag.errors import UserError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 _AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
+# Abstract socket names (a leading NUL byte) are a Linux feature.
+_GUARDED = sys.platform.startswith("linux")
+
 
 class Slot:
-    """One claimed slot: the lock lives as long as this object's open file.
+    """One claimed device: the claim lives as long as this object's lock file and guard.
 
-    Releasing closes the file, which drops the lock; so does garbage collection or the
-    process exiting, whichever comes first.
+    `index` is the device's position among the devices the job could see, `key` the
+    device as `CUDA_VISIBLE_DEVICES` names it. Releasing closes both, which ends the
+    claim; so does garbage collection or the process exiting, whichever comes first.
     """
 
-    def __init__(self, index: int, path: Path, file) -> None:
+    def __init__(self, index: int, key: str, path: Path, file, guard: socket.socket | None) -> None:
         self.index = index
+        self.key = key
         self.path = path
         self._file = file
+        self._guard = guard
 
     def release(self) -> None:
-        """Drop the lock; safe to call more than once."""
+        """End the claim; safe to call more than once."""
+        if self._guard is not None:
+            self._guard.close()
         if not self._file.closed:
             self._file.close()
 
-    # Closing here rather than leaving it to the file's own finaliser keeps a dropped
-    # slot from raising a ResourceWarning; the lock ends with the object either way.
+    # Closing here rather than leaving it to the objects' own finalisers keeps a dropped
+    # slot from raising a ResourceWarning; the claim ends with the object either way.
     __del__ = release
 
     def __enter__(self) -> "Slot":
@@ -57,38 +87,72 @@ class Slot:
         self.release()
 
     def __repr__(self) -> str:
-        return f"Slot(index={self.index}, path={str(self.path)!r})"
+        return f"Slot(index={self.index}, key={self.key!r}, path={str(self.path)!r})"
 
 
 def default_lock_dir() -> Path:
-    """A folder every job on this machine agrees on without being told."""
-    return Path(tempfile.gettempdir()) / "tdiag-gpu-locks"
+    """The folder every job on this machine agrees on without being told.
+
+    A fixed path, never `tempfile.gettempdir()`: that follows `TMPDIR`, and two jobs with
+    different `TMPDIR`s would lock different folders and share a GPU. `/tmp` exists and is
+    writable for everyone on every Linux machine, unlike `/run/lock` or `/var/lock`.
+    """
+    return Path("/tmp/tdiag-gpu-locks")
+
+
+def visible_devices(cuda_visible: str | None, count: int) -> list[str]:
+    """The devices a job may claim, as `CUDA_VISIBLE_DEVICES` entries, in CUDA's order.
+
+    `cuda_visible` is the preset `CUDA_VISIBLE_DEVICES` (None when unset) and `count`
+    the number of devices CUDA sees under it. Unset, every device is named by its index.
+    Preset, its entries (indices, `GPU-<uuid>`s or MIG names) are kept as written; CUDA
+    stops at the first entry that names no device, so only the first `count` are real.
+    """
+    if cuda_visible is None:
+        return [str(i) for i in range(count)]
+    return _entries(cuda_visible)[:count]
+
+
+def _entries(cuda_visible: str) -> list[str]:
+    return [entry for entry in (part.strip() for part in cuda_visible.split(",")) if entry]
 
 
 def claim_slot(
     lock_dir: Path,
-    n_slots: int,
+    devices: int | Sequence[str],
     poll_seconds: float = 0.5,
     on_wait: Callable[[str], None] | None = None,
 ) -> Slot:
-    """Claim a free slot in 0..n_slots-1, waiting as long as it takes for one.
+    """Claim a free device among `devices`, waiting as long as it takes for one.
 
-    `on_wait(message)` is called once, the first time every slot is taken, so the caller
-    can log that it is waiting rather than appear hung.
+    `devices` is the list of device names (`CUDA_VISIBLE_DEVICES` entries) or a number
+    n, meaning "0".."n-1". Jobs exclude each other on every device name they share, so
+    jobs given overlapping lists never hold the same device. `on_wait(message)` is
+    called once, the first time every device is taken, so the caller can log that it is
+    waiting rather than appear hung. An unusable lock folder raises `UserError`.
     """
-    if n_slots < 1:
-        raise ValueError(f"n_slots must be at least 1, got {n_slots}")
-    _make_shared_dir(lock_dir)
+    keys = [str(i) for i in range(devices)] if isinstance(devices, int) else list(devices)
+    if not keys:
+        raise ValueError("claim_slot needs at least one device")
     told = False
     while True:
-        for index in range(n_slots):
-            slot = _try_lock(lock_dir, index)
+        # Made again on every round: a cleaner may remove the folder while we wait.
+        _make_shared_dir(lock_dir)
+        for index, key in enumerate(keys):
+            slot = _try_lock(lock_dir, index, key)
             if slot is not None:
                 return slot
         if on_wait is not None and not told:
-            on_wait(f"all {n_slots} GPU slots in {lock_dir} are taken; waiting for a free one")
+            on_wait(f"all {len(keys)} GPU slots in {lock_dir} are taken; waiting for a free one")
             told = True
         time.sleep(poll_seconds)
+
+
+def _unusable(lock_dir: Path, problem: str) -> UserError:
+    return UserError(
+        f"GPU lock folder {lock_dir} {problem}; set devices.lock_dir in params.yaml "
+        "to a folder every job on this machine can write"
+    )
 
 
 def _make_shared_dir(lock_dir: Path) -> None:
@@ -98,37 +162,88 @@ def _make_shared_dir(lock_dir: Path) -> None:
     try:
         lock_dir.mkdir(parents=True)
     except FileExistsError:
+        if not lock_dir.is_dir():
+            raise _unusable(lock_dir, "is a file, not a folder") from None
         return
+    except OSError as error:
+        raise _unusable(lock_dir, f"cannot be created ({error.strerror})") from None
     try:
         os.chmod(lock_dir, 0o777)
     except OSError:
         pass
 
 
-def _try_lock(lock_dir: Path, index: int) -> Slot | None:
-    path = lock_dir / f"slot-{index}.lock"
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except PermissionError as error:
-        raise PermissionError(
-            f"cannot open GPU lock file {path} ({error.strerror}); "
-            "make the lock folder writable for everyone or pass another lock folder"
-        ) from None
-    file = os.fdopen(fd, "r+")
-    try:
-        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+def _slot_path(lock_dir: Path, key: str) -> Path:
+    # Device names are indices, GPU-<uuid>s or MIG names (old ones hold '/').
+    return lock_dir / f"slot-{re.sub(r'[^A-Za-z0-9._-]', '_', key)}.lock"
+
+
+def _try_lock(lock_dir: Path, index: int, key: str) -> Slot | None:
+    """Lock device `key` if it is free; None when another live job holds it."""
+    path = _slot_path(lock_dir, key)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:
+            _make_shared_dir(lock_dir)  # removed since the round began: make it again
+            continue
+        except PermissionError as error:
+            raise _unusable(lock_dir, f"is not writable ({error.strerror})") from None
+        except OSError as error:
+            raise _unusable(lock_dir, f"cannot hold lock files ({error.strerror})") from None
+        file = os.fdopen(fd, "r+")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.close()
+            return None
+        if _still_at(path, fd):
+            break
+        # Deleted or replaced between open and flock: this lock guards a file no one
+        # else will open. Lock whatever is at the path now.
+        file.close()
+    guard = _bind_guard(lock_dir, key)
+    if guard is False:
         file.close()
         return None
     try:
         os.fchmod(fd, 0o666)
     except OSError:
         pass
-    # The pid is for a person looking at the folder; the lock itself is the flock.
+    # The pid is for a person looking at the folder; the claim is the flock and guard.
     file.truncate(0)
     file.write(f"{os.getpid()}\n")
     file.flush()
-    return Slot(index, path, file)
+    return Slot(index, key, path, file, guard)
+
+
+def _still_at(path: Path, fd: int) -> bool:
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return False
+    locked = os.fstat(fd)
+    return (locked.st_dev, locked.st_ino) == (current.st_dev, current.st_ino)
+
+
+def _bind_guard(lock_dir: Path, key: str) -> socket.socket | None | bool:
+    """Bind device `key`'s guard: the socket, False if a live job holds it, None if unguarded.
+
+    The name hashes the resolved folder, so tests' private folders and a user's
+    `devices.lock_dir` exclude only jobs using the same folder.
+    """
+    if not _GUARDED:
+        return None
+    digest = hashlib.sha256(f"{lock_dir.resolve()}\0{key}".encode()).hexdigest()[:40]
+    guard = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        guard.bind(f"\0tdiag-gpu-slot-{digest}")
+    except OSError as error:
+        guard.close()
+        if error.errno == errno.EADDRINUSE:
+            return False
+        return None  # a sandbox without Unix sockets: the flock still holds
+    return guard
 
 
 def cuda_available() -> bool:
@@ -153,31 +268,55 @@ def select_device(
 ) -> DeviceChoice:
     """Choose the one device for a training job; call once, before any other CUDA work.
 
-    A `CUDA_VISIBLE_DEVICES` set by a cluster scheduler or a user is respected: the job
-    uses the first visible device and takes no lock, since whoever set it already chose.
-    Otherwise a free GPU is claimed among all of them (`lock_dir` None means
-    `default_lock_dir()`). The claimed device is addressed by explicit index
-    (`cuda:<i>`) rather than by narrowing `CUDA_VISIBLE_DEVICES`: counting devices
-    already makes CUDA read that variable, so changing it afterwards would do nothing.
+    Without CUDA the job runs on the CPU and takes no lock. A `CUDA_VISIBLE_DEVICES`
+    naming one device (a cluster scheduler's choice) is kept, without a lock. Otherwise
+    the job claims a free device among those it can see: all of them, or the entries of
+    a preset multi-device `CUDA_VISIBLE_DEVICES` (`lock_dir` None means
+    `default_lock_dir()`). It then narrows `CUDA_VISIBLE_DEVICES` in `env` to the claimed
+    entry and uses `cuda:0`, so neither it nor its child processes can touch another
+    job's GPU. Counting devices does not initialise CUDA (torch counts through NVML until
+    then), so the narrowing takes effect; if CUDA was initialised before this call, the
+    variable is left alone and the device is addressed by its visible index instead.
     `cuda_count` replaces `torch.cuda.device_count` so tests can simulate GPUs.
     """
-    count = (cuda_count or torch.cuda.device_count)()
+    count_devices = cuda_count or torch.cuda.device_count
+    count = count_devices()
     visible = env.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        if count == 0:
+    if count == 0:
+        if visible is not None:
             return DeviceChoice(
                 torch.device("cpu"), None, f"cpu (CUDA_VISIBLE_DEVICES={visible!r} shows no GPU)"
             )
+        return DeviceChoice(torch.device("cpu"), None, "cpu (no CUDA)")
+    if visible is not None and len(_entries(visible)) == 1:
         return DeviceChoice(
             torch.device("cuda:0"), None, f"cuda:0 (CUDA_VISIBLE_DEVICES={visible})"
         )
-    if count == 0:
-        return DeviceChoice(torch.device("cpu"), None, "cpu (no CUDA)")
-    slot = claim_slot(lock_dir or default_lock_dir(), count, on_wait=on_wait)
-    device = torch.device("cuda", slot.index)
+    entries = visible_devices(visible, count)
+    slot = claim_slot(lock_dir or default_lock_dir(), entries, on_wait=on_wait)
+    device = _narrow_to(env, visible, slot, count_devices)
     torch.cuda.set_device(device)
     name = torch.cuda.get_device_name(device)
-    return DeviceChoice(device, slot, f"{device} ({name}, slot lock {slot.path})")
+    return DeviceChoice(
+        device,
+        slot,
+        f"{device} ({name}, CUDA_VISIBLE_DEVICES entry {slot.key}, slot lock {slot.path})",
+    )
+
+
+def _narrow_to(env, visible: str | None, slot: Slot, count_devices: Callable[[], int]) -> torch.device:
+    """Make the claimed device the only one CUDA shows, if CUDA has not started yet."""
+    if not torch.cuda.is_initialized():
+        env["CUDA_VISIBLE_DEVICES"] = slot.key
+        torch.cuda.init()
+        if count_devices() == 1:
+            return torch.device("cuda", 0)
+        # Something initialised the driver before torch did, so it read the old list.
+    if visible is None:
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = visible
+    return torch.device("cuda", slot.index)
 
 
 def supports_precision(device: torch.device, precision: str) -> str | None:
