@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import time
 
 import pytest
 import torch
 
+from tdiag import devices
 from tdiag.devices import (
     autocast_dtype,
     claim_slot,
+    default_lock_dir,
     hardware_description,
     peak_memory_bytes,
     select_device,
     supports_precision,
+    visible_devices,
 )
+from tdiag.errors import UserError
 
 # fork starts a child in milliseconds; spawn would re-import torch in each one.
 _MP = multiprocessing.get_context("fork")
@@ -131,6 +140,209 @@ def test_empty_cuda_visible_devices_gives_cpu(tmp_path):
     assert choice.slot is None
 
 
+def _hold_until_killed(lock_dir, keys, ready) -> None:
+    slot = claim_slot(lock_dir, keys)
+    ready.set()
+    time.sleep(60)
+    slot.release()
+
+
+@pytest.mark.parametrize("delete", ["file", "folder"])
+def test_deleting_a_held_lock_file_does_not_free_its_slot(tmp_path, delete):
+    lock_dir = tmp_path / "locks"
+    ready = _MP.Event()
+    holder = _MP.Process(target=_hold_until_killed, args=(lock_dir, 1, ready), daemon=True)
+    holder.start()
+    try:
+        assert ready.wait(timeout=10)
+        # What a temp cleaner does: the holder keeps its lock on an unlinked file.
+        if delete == "file":
+            (lock_dir / "slot-0.lock").unlink()
+        else:
+            shutil.rmtree(lock_dir)
+        with pytest.raises(_Waited):
+            claim_slot(lock_dir, 1, poll_seconds=0.01, on_wait=_refuse_to_wait)
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join(timeout=5)
+    # A killed holder of a deleted file leaves nothing behind either.
+    with claim_slot(lock_dir, 1, poll_seconds=0.01, on_wait=_refuse_to_wait) as slot:
+        assert slot.index == 0
+
+
+def test_a_claim_holds_the_file_now_at_the_path(tmp_path, monkeypatch):
+    real_flock = fcntl.flock
+    replaced = []
+
+    def flock_after_a_cleaner(file, operation):
+        # Between our open and our flock, the file is deleted and another job makes a new one.
+        if not replaced:
+            path = tmp_path / "slot-0.lock"
+            path.unlink()
+            path.touch()
+            replaced.append(path)
+        return real_flock(file, operation)
+
+    monkeypatch.setattr(devices.fcntl, "flock", flock_after_a_cleaner)
+    with claim_slot(tmp_path, 1, on_wait=_refuse_to_wait):
+        assert replaced
+        with open(tmp_path / "slot-0.lock") as other:
+            with pytest.raises(BlockingIOError):
+                real_flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_overlapping_device_lists_exclude_each_other(tmp_path):
+    with claim_slot(tmp_path, ["0", "1"], on_wait=_refuse_to_wait) as first:
+        assert (first.index, first.key) == (0, "0")
+        with claim_slot(tmp_path, ["1", "2"], on_wait=_refuse_to_wait) as second:
+            assert (second.index, second.key) == (0, "1")
+            with pytest.raises(_Waited):
+                claim_slot(tmp_path, ["1", "0"], poll_seconds=0.01, on_wait=_refuse_to_wait)
+            uuid = "GPU-5f2c1a3e-0000-4000-8000-000000000001"
+            with claim_slot(tmp_path, ["0", uuid], on_wait=_refuse_to_wait) as third:
+                assert (third.index, third.key) == (1, uuid)
+
+
+def test_visible_devices():
+    assert visible_devices(None, 3) == ["0", "1", "2"]
+    assert visible_devices("0,1", 2) == ["0", "1"]
+    assert visible_devices(" GPU-a , GPU-b ", 2) == ["GPU-a", "GPU-b"]
+    # CUDA stops at the first entry naming no device; the count says how many are real.
+    assert visible_devices("1,7,0", 1) == ["1"]
+    assert visible_devices("", 0) == []
+
+
+class _FakeCuda:
+    """Stands in for torch.cuda: `count` devices, counted under the job's CUDA_VISIBLE_DEVICES.
+
+    `driver_started` models CUDA's driver having read CUDA_VISIBLE_DEVICES before
+    select_device ran (so narrowing it later changes nothing).
+    """
+
+    def __init__(self, monkeypatch, env: dict, count: int, torch_initialized=False, driver_started=False):
+        self.env, self.total = env, count
+        self.seen = env.get("CUDA_VISIBLE_DEVICES") if driver_started else None
+        self.driver_started = driver_started
+        self.device = None
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: torch_initialized)
+        monkeypatch.setattr(torch.cuda, "init", self._init)
+        monkeypatch.setattr(torch.cuda, "set_device", self._set_device)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+
+    def _init(self) -> None:
+        if not self.driver_started:
+            self.seen, self.driver_started = self.env.get("CUDA_VISIBLE_DEVICES"), True
+
+    def _set_device(self, device) -> None:
+        self.device = device
+
+    def count(self) -> int:
+        visible = self.seen if self.driver_started else self.env.get("CUDA_VISIBLE_DEVICES")
+        return len(visible_devices(visible, self.total))
+
+
+def test_preset_device_list_is_claimed_among_and_narrowed(tmp_path, monkeypatch):
+    env = {"CUDA_VISIBLE_DEVICES": "2,3"}
+    cuda = _FakeCuda(monkeypatch, env, count=4)
+    with claim_slot(tmp_path, ["2"]):  # another job holds GPU 2
+        choice = select_device(tmp_path, env=env, cuda_count=cuda.count, on_wait=_refuse_to_wait)
+    assert choice.slot is not None and choice.slot.key == "3"
+    assert env["CUDA_VISIBLE_DEVICES"] == "3"
+    assert choice.device == torch.device("cuda:0") == cuda.device
+    assert "entry 3" in choice.description
+    with pytest.raises(_Waited):
+        claim_slot(tmp_path, ["3"], poll_seconds=0.01, on_wait=_refuse_to_wait)
+    choice.slot.release()
+
+
+def test_unset_visible_devices_claims_by_index_and_narrows(tmp_path, monkeypatch):
+    env = {}
+    cuda = _FakeCuda(monkeypatch, env, count=2)
+    with claim_slot(tmp_path, ["0"]):
+        choice = select_device(tmp_path, env=env, cuda_count=cuda.count, on_wait=_refuse_to_wait)
+    with choice.slot:
+        assert choice.slot.key == "1"
+        assert env == {"CUDA_VISIBLE_DEVICES": "1"}
+        assert choice.device == torch.device("cuda:0")
+
+
+@pytest.mark.parametrize("late", ["torch", "driver"])
+def test_cuda_started_before_the_claim_addresses_the_device_by_index(tmp_path, monkeypatch, late):
+    env = {"CUDA_VISIBLE_DEVICES": "2,3"}
+    cuda = _FakeCuda(
+        monkeypatch, env, count=4, torch_initialized=late == "torch", driver_started=True
+    )
+    with claim_slot(tmp_path, ["2"]):
+        choice = select_device(tmp_path, env=env, cuda_count=cuda.count, on_wait=_refuse_to_wait)
+    with choice.slot:
+        # Narrowing would do nothing now, so the variable keeps saying what CUDA sees.
+        assert env == {"CUDA_VISIBLE_DEVICES": "2,3"}
+        assert choice.device == torch.device("cuda:1") == cuda.device
+
+
+def test_default_lock_dir_is_one_folder_whatever_tmpdir_is(tmp_path, monkeypatch):
+    folders = set()
+    for tmpdir in (tmp_path / "a", tmp_path / "b"):
+        tmpdir.mkdir()
+        monkeypatch.setenv("TMPDIR", str(tmpdir))
+        monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches its answer
+        assert tempfile.gettempdir() == str(tmpdir)
+        folders.add(default_lock_dir())
+    assert len(folders) == 1
+    assert not str(folders.pop()).startswith(str(tmp_path))
+
+
+def _unusable_folders(tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    return {"a file": (a_file, "is a file"), "under a file": (a_file / "locks", "cannot be created")}
+
+
+@pytest.mark.parametrize("case", ["a file", "under a file", "unwritable"])
+def test_unusable_lock_folder_is_one_line_naming_the_key(tmp_path, monkeypatch, case):
+    if case == "unwritable":
+        # Tests may run as root, which chmod does not stop: refuse the open instead.
+        lock_dir, problem = tmp_path, "is not writable"
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(devices.os, "open", refuse)
+    else:
+        lock_dir, problem = _unusable_folders(tmp_path)[case]
+    with pytest.raises(UserError) as raised:
+        select_device(lock_dir, env={}, cuda_count=lambda: 2)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert str(lock_dir) in message and problem in message and "devices.lock_dir" in message
+
+
+def test_unusable_lock_folder_through_the_cli_is_one_line(tiny_project):
+    # Two simulated GPUs, so `tdiag train` must claim one; the lock folder is a file.
+    lock_dir = tiny_project / "not-a-folder"
+    lock_dir.write_text("")
+    script = (
+        "import sys, torch; torch.cuda.device_count = lambda: 2; "
+        "from tdiag.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "--set", f"devices.lock_dir={lock_dir}", "train", "toy", "copy"],
+        cwd=tiny_project,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tdiag: error: GPU lock folder")
+    assert "devices.lock_dir" in lines[0]
+
+
+def test_cpu_needs_no_lock_folder(tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert select_device(a_file, env={}, cuda_count=lambda: 0).device == torch.device("cpu")
+
+
 def test_cpu_precisions():
     cpu = torch.device("cpu")
     assert supports_precision(cpu, "fp32") is None
@@ -170,8 +382,9 @@ def test_real_gpu_is_claimed_and_runs_bf16(tmp_path):
     choice = select_device(tmp_path, env=env)
     assert choice.slot is not None
     with choice.slot:
-        assert choice.device == torch.device("cuda", choice.slot.index)
-        assert torch.cuda.current_device() == choice.slot.index
+        narrowed = env.get("CUDA_VISIBLE_DEVICES") == choice.slot.key
+        assert choice.device == torch.device("cuda", 0 if narrowed else choice.slot.index)
+        assert torch.cuda.current_device() == choice.device.index
         assert (tmp_path / f"slot-{choice.slot.index}.lock").exists()
         assert supports_precision(choice.device, "bf16") is None
         a = torch.randn(64, 64, device=choice.device)
