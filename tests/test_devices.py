@@ -249,7 +249,7 @@ def test_preset_device_list_is_claimed_among_and_narrowed(tmp_path, monkeypatch)
     assert choice.slot is not None and choice.slot.key == "3"
     assert env["CUDA_VISIBLE_DEVICES"] == "3"
     assert choice.device == torch.device("cuda:0") == cuda.device
-    assert "entry 3" in choice.description
+    assert "GPU 3" in choice.description
     with pytest.raises(_Waited):
         claim_slot(tmp_path, ["3"], poll_seconds=0.01, on_wait=_refuse_to_wait)
     choice.slot.release()

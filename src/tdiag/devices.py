@@ -202,8 +202,9 @@ def _try_lock(lock_dir: Path, index: int, key: str) -> Slot | None:
         # Deleted or replaced between open and flock: this lock guards a file no one
         # else will open. Lock whatever is at the path now.
         file.close()
-    guard = _bind_guard(lock_dir, key)
-    if guard is False:
+    try:
+        guard = _bind_guard(lock_dir, key)
+    except _HeldElsewhere:
         file.close()
         return None
     try:
@@ -226,8 +227,12 @@ def _still_at(path: Path, fd: int) -> bool:
     return (locked.st_dev, locked.st_ino) == (current.st_dev, current.st_ino)
 
 
-def _bind_guard(lock_dir: Path, key: str) -> socket.socket | None | bool:
-    """Bind device `key`'s guard: the socket, False if a live job holds it, None if unguarded.
+class _HeldElsewhere(Exception):
+    """A live job holds the device's guard (its lock file was deleted under it)."""
+
+
+def _bind_guard(lock_dir: Path, key: str) -> socket.socket | None:
+    """Bind device `key`'s guard socket; None where there can be none.
 
     The name hashes the resolved folder, so tests' private folders and a user's
     `devices.lock_dir` exclude only jobs using the same folder.
@@ -241,7 +246,7 @@ def _bind_guard(lock_dir: Path, key: str) -> socket.socket | None | bool:
     except OSError as error:
         guard.close()
         if error.errno == errno.EADDRINUSE:
-            return False
+            raise _HeldElsewhere from None
         return None  # a sandbox without Unix sockets: the flock still holds
     return guard
 
@@ -300,7 +305,7 @@ def select_device(
     return DeviceChoice(
         device,
         slot,
-        f"{device} ({name}, CUDA_VISIBLE_DEVICES entry {slot.key}, slot lock {slot.path})",
+        f"{device} ({name}, GPU {slot.key}, slot lock {slot.path})",
     )
 
 
