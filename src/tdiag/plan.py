@@ -10,6 +10,7 @@ on a laptop and on a GPU server alike.
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from tdiag.digest import json_digest
 from tdiag.data.kinds import corpus_files, kind_of
 from tdiag.stage import Stage, source_files
 
-REPORT_INDEX = "index"
+REPORT_INDEX = paths.REPORT_INDEX
 
 TRAIN_CODE = source_files(
     "data/batching.py",
@@ -165,10 +166,14 @@ def final_targets(cfg: Config) -> list[str]:
 
 
 def dvc_yaml(stage_list: list[Stage]) -> str:
-    """dvc.yaml text for the stage list (generated, committed, kept equal by a test)."""
+    """dvc.yaml text for the stage list (generated, committed, kept equal by a test).
+
+    DVC runs `cmd` through a shell, so every argument is quoted: names are validated,
+    but a command must not depend on that to mean what its arguments say.
+    """
     doc = {"stages": {}}
     for st in stage_list:
-        entry: dict = {"cmd": " ".join(("tdiag", *st.args))}
+        entry: dict = {"cmd": shlex.join(("tdiag", *st.args))}
         if st.deps:
             entry["deps"] = list(st.deps)
         if st.params:

@@ -12,8 +12,9 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from tdiag import paths
 from tdiag.config.errors import ConfigError
 from tdiag.config.overrides import deep_merge
 from tdiag.digest import json_digest
@@ -21,6 +22,31 @@ from tdiag.digest import json_digest
 
 class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -------------------------------------------------------------------------- names
+# Dataset, study, run and grid names become folder names and stage command arguments
+# (paths.py), so they are held to paths.NAME_PATTERN when the file loads.
+
+
+def _name(value: str) -> str:
+    if not paths.NAME_PATTERN.fullmatch(value):
+        raise ValueError(paths.NAME_RULE)
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
+"""A name given as a value (a run's `dataset`, a grid's `datasets` entries)."""
+
+
+def _named(mapping: Any) -> Any:
+    """The keys of a mapping of names, checked before its values are validated, so the
+    error (reported against the mapping's path) names the key as written."""
+    if isinstance(mapping, dict):
+        for key in mapping:
+            if not isinstance(key, str) or not paths.NAME_PATTERN.fullmatch(key):
+                raise ValueError(f"bad name {key!r}; {paths.NAME_RULE}")
+    return mapping
 
 
 # --------------------------------------------------------------------------- data
@@ -244,7 +270,7 @@ class TrainConfig(Frozen):
 class RunConfig(Frozen):
     """Everything one training run needs: the study defaults merged with the run's overrides."""
 
-    dataset: str
+    dataset: Name
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     seeds: Annotated[int, Field(ge=1)] = 1
@@ -284,7 +310,7 @@ class GridConfig(Frozen):
     in each run's `variant` for the report.
     """
 
-    datasets: Optional[Annotated[list[str], Field(min_length=1)]] = None
+    datasets: Optional[Annotated[list[Name], Field(min_length=1)]] = None
     """Default: the study's dataset."""
     vary: Annotated[dict[str, Annotated[list[Any], Field(min_length=1)]], Field(min_length=1)]
     """Axis -> values; the grid is the product of the axes. An axis is a dotted key
@@ -327,13 +353,18 @@ class StudyConfig(Frozen):
     priority: int = 0
     """Snakemake starts ready jobs of higher-priority studies (and their data stages)
     first: give the study with the longest runs the highest, so it overlaps the rest."""
-    dataset: Optional[str] = None
+    dataset: Optional[Name] = None
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     seeds: Annotated[int, Field(ge=1)] = 1
     runs: dict[str, dict[str, Any]] = {}
     """Run name -> overrides of the study's defaults (same keys: dataset, model, train, seeds)."""
     grids: dict[str, GridConfig] = {}
+
+    @field_validator("runs", "grids", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        return _named(value)
 
     @model_validator(mode="after")
     def _has_runs(self) -> "StudyConfig":
@@ -387,6 +418,21 @@ class Config(Frozen):
     datasets: dict[str, DatasetConfig]
     studies: dict[str, StudyConfig]
     scales: dict[Literal["smoke", "full"], dict[str, Any]] = {}
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _dataset_names(cls, value: Any) -> Any:
+        return _named(value)
+
+    @field_validator("studies", mode="before")
+    @classmethod
+    def _study_names(cls, value: Any) -> Any:
+        if isinstance(value, dict) and paths.REPORT_INDEX in value:
+            raise ValueError(
+                f"the study name '{paths.REPORT_INDEX}' is reserved: `tdiag report {paths.REPORT_INDEX}` "
+                f"renders {paths.report_index()}; rename the study"
+            )
+        return _named(value)
 
     # resolved at load time, never read from the file
     resolved_scale: Literal["smoke", "full"] = "smoke"
