@@ -161,13 +161,13 @@ def test_reserved_and_colliding_names_are_refused(tmp_path, monkeypatch, capsys)
     assert "`tdiag train toy a-b` and `tdiag train toy a.b` would both be stage 'train_toy_a_b'" in err
 
 
-def test_dataset_and_study_names_with_dots_make_valid_dvc_stage_names(tmp_path):
-    study = dict(tiny_params()["studies"]["toy"], runs={"r.1": {"dataset": "my-copy.v2"}}, grids={})
-    project = _project(tmp_path, {"datasets": {"my-copy.v2": {"task": "copy"}}, "studies": {"my-toy.v2": study}})
+def test_names_with_dashes_and_dots_make_valid_dvc_stage_names(tmp_path):
+    study = dict(tiny_params()["studies"]["toy"], runs={"r.1": {"dataset": "my-copy"}}, grids={})
+    project = _project(tmp_path, {"datasets": {"my-copy": {"task": "copy"}}, "studies": {"my-toy": study}})
     names = {st.name: st.args for st in plan.stages(config.load(project / "params.yaml"))}
-    assert names["data_synth_my_copy_v2"] == ("data", "synth", "my-copy.v2")
-    assert names["train_my_toy_v2_r_1"] == ("train", "my-toy.v2", "r.1")
-    assert names["report_my_toy_v2"] == ("report", "my-toy.v2")
+    assert names["data_synth_my_copy"] == ("data", "synth", "my-copy")
+    assert names["train_my_toy_r_1"] == ("train", "my-toy", "r.1")
+    assert names["report_my_toy"] == ("report", "my-toy")
 
 
 def _dvc_cmd(*args: str) -> str:

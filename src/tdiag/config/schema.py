@@ -39,13 +39,22 @@ Name = Annotated[str, AfterValidator(_name)]
 """A name given as a value (a run's `dataset`, a grid's `datasets` entries)."""
 
 
-def _named(mapping: Any) -> Any:
+def _named(mapping: Any, section: str = "") -> Any:
     """The keys of a mapping of names, checked before its values are validated, so the
-    error (reported against the mapping's path) names the key as written."""
+    error (reported against the mapping's path) names the key as written.
+
+    With `section` (datasets, studies), a name may not hold '.' either: dvc.yaml tracks
+    `<section>.<name>` as a params key, and DVC reads every '.' there as a level.
+    """
     if isinstance(mapping, dict):
         for key in mapping:
             if not isinstance(key, str) or not paths.NAME_PATTERN.fullmatch(key):
                 raise ValueError(f"bad name {key!r}; {paths.NAME_RULE}")
+            if section and "." in key:
+                raise ValueError(
+                    f"bad name {key!r}; {section} names may not hold '.' (dvc.yaml tracks '{section}.{key}' "
+                    "as a params key, and DVC reads each '.' as a level): use '-' or '_'"
+                )
     return mapping
 
 
@@ -422,7 +431,7 @@ class Config(Frozen):
     @field_validator("datasets", mode="before")
     @classmethod
     def _dataset_names(cls, value: Any) -> Any:
-        return _named(value)
+        return _named(value, "datasets")
 
     @field_validator("studies", mode="before")
     @classmethod
@@ -432,7 +441,7 @@ class Config(Frozen):
                 f"the study name '{paths.REPORT_INDEX}' is reserved: `tdiag report {paths.REPORT_INDEX}` "
                 f"renders {paths.report_index()}; rename the study"
             )
-        return _named(value)
+        return _named(value, "studies")
 
     # resolved at load time, never read from the file
     resolved_scale: Literal["smoke", "full"] = "smoke"
