@@ -396,6 +396,11 @@ class StudyConfig(Frozen):
                         overrides = deep_merge(overrides, _nested(key, value))
                     if name in out:
                         raise ValueError(f"run name '{name}' of grid '{grid_name}' is also defined elsewhere")
+                    if not paths.NAME_PATTERN.fullmatch(name):
+                        raise ValueError(
+                            f"run name '{name}' of grid '{grid_name}' is longer than 100 characters; "
+                            "shorten the grid's name or its datasets' names"
+                        )
                     out[name] = (f"grids.{grid_name}", overrides)
         return out
 
