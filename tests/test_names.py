@@ -101,7 +101,8 @@ def test_unknown_names_on_the_command_line_are_refused_before_any_write(tmp_path
     project = _project(tmp_path)
     before = _files(tmp_path)
     for argv in (["data", "synth", "../../../../x"], ["train", "toy", "../../../x"], ["collect", "../x"],
-                 ["report", "../../x"]):
+                 ["report", "../../x"], ["train", "toy", "two\nlines"], ["data", "prepare", "two\nlines"],
+                 ["report", "two\nlines"], ["data", "fetch", "two\nlines"]):
         code, err = _main(project, argv, monkeypatch, capsys)
         assert code == 2 and len(err.splitlines()) == 1, (argv, err)
     assert _files(tmp_path) == before

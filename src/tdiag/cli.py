@@ -124,7 +124,7 @@ def _dataset_action(cfg, name: str, verb: str, root: Path):
     from tdiag.data.kinds import kind_of
 
     if name not in cfg.datasets:
-        raise ConfigError(f"unknown dataset '{name}'; datasets: {', '.join(cfg.datasets)}")
+        raise ConfigError(f"unknown dataset {name!r}; datasets: {', '.join(cfg.datasets)}")
     ds = cfg.datasets[name]
     kind = kind_of(ds)
     action = kind.action(verb)

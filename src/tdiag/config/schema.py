@@ -456,7 +456,7 @@ class Config(Frozen):
 
     def study(self, name: str) -> StudyConfig:
         if name not in self.studies:
-            raise ConfigError(f"unknown study '{name}'; studies: {', '.join(self.studies)}")
+            raise ConfigError(f"unknown study {name!r}; studies: {', '.join(self.studies)}")
         return self.studies[name]
 
     def run(self, study: str, run: str) -> RunConfig:
@@ -464,7 +464,7 @@ class Config(Frozen):
         self.study(study)
         runs = self._runs[study]
         if run not in runs:
-            raise ConfigError(f"unknown run '{run}' in study '{study}'; runs: {', '.join(runs)}")
+            raise ConfigError(f"unknown run {run!r} in study '{study}'; runs: {', '.join(runs)}")
         return runs[run]
 
     def run_names(self, study: str) -> list[str]:
