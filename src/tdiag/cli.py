@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from tdiag import config as config_mod
+from tdiag import paths
 from tdiag.config import ConfigError
 from tdiag.errors import UserError
 
@@ -73,12 +74,13 @@ def run(argv: list[str]) -> int:
         fetch_corpus(args.corpus, args.out, cfg.mirror, root)
     elif args.verb in ("data", "bpe"):  # a dataset's own stages: its kind says what they do
         verb = f"data {args.data_verb}" if args.verb == "data" else f"bpe {args.bpe_verb}"
-        ds, action = _dataset_action(cfg, args.dataset, verb)
+        ds, action = _dataset_action(cfg, args.dataset, verb, root)
         result = action(args.dataset, ds, root)
         if verb == "data synth":
             print(f"dataset {args.dataset}: {result['sizes']}")
     elif args.verb == "train":
         cfg.run(args.study, args.run)  # unknown names fail before torch is loaded
+        paths.inside(root, paths.run_dir(args.study, args.run))
         import torch
 
         from tdiag.train.loop import train_run
@@ -90,15 +92,19 @@ def run(argv: list[str]) -> int:
         from tdiag.report.collect import write_study_table
 
         cfg.study(args.study)
+        paths.inside(root, paths.study_table(args.study))
         write_study_table(cfg, args.study, root)
     elif args.verb == "report":
         from tdiag.report import render
         from tdiag.plan import REPORT_INDEX
 
         if args.study == REPORT_INDEX:
+            paths.inside(root, paths.report_index())
             render.render_index(cfg, root)
         else:
             cfg.study(args.study)
+            paths.inside(root, paths.executed_notebook(args.study))
+            paths.inside(root, paths.report_page(args.study))
             render.render_study(cfg, args.study, root)
     elif args.verb == "stages":
         from tdiag import plan
@@ -112,16 +118,19 @@ def run(argv: list[str]) -> int:
     return 0
 
 
-def _dataset_action(cfg, name: str, verb: str):
-    """The named dataset's config, and what `verb` does for its kind (data/kinds.py)."""
+def _dataset_action(cfg, name: str, verb: str, root: Path):
+    """The named dataset's config, and what `verb` does for its kind (data/kinds.py),
+    once the dataset's folder is known to stay under `root`."""
     from tdiag.data.kinds import kind_of
 
     if name not in cfg.datasets:
-        raise ConfigError(f"unknown dataset '{name}'; datasets: {', '.join(cfg.datasets)}")
+        raise ConfigError(f"unknown dataset {name!r}; datasets: {', '.join(cfg.datasets)}")
     ds = cfg.datasets[name]
-    action = kind_of(ds).action(verb)
+    kind = kind_of(ds)
+    action = kind.action(verb)
     if action is None:
         raise ConfigError(f"`tdiag {verb}` does not apply to dataset '{name}' (task {ds.task})")
+    paths.inside(root, kind.dataset_dir(name))
     return ds, action
 
 

@@ -1,8 +1,30 @@
-"""Every artifact path, defined once. All paths are relative to the project root."""
+"""Every artifact path, defined once. All paths are relative to the project root.
+
+Names from the configuration (datasets, studies, runs) become path components here;
+config validation already holds them to `NAME_PATTERN`, and every function below that
+takes a name checks again that it is one plain component, so no caller can build a path
+that leaves its folder. `inside` is the last check before a command writes: the path,
+resolved, must stay under the project root.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+from tdiag.errors import UserError
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+"""A dataset, study, run or grid name: one path component that is also safe as a command
+argument. No leading '.' (hidden files, '.' and '..') and no leading '-' (it would read
+as an option in the generated stage commands)."""
+NAME_RULE = (
+    "names may hold only letters a-z and A-Z, digits, '_', '-' and '.', must start with a letter, "
+    "digit or '_', and may be at most 100 characters long"
+)
+
+REPORT_INDEX = "index"
+"""`tdiag report index` renders reports/index.html: no study may take this name."""
 
 RESULTS = Path("results")
 REPORTS = Path("reports")
@@ -14,18 +36,35 @@ SPLITS = ("train", "valid", "test")
 RESOURCES = Path("resources")
 
 
+def check_name(name: str) -> str:
+    """`name` if it matches NAME_PATTERN, else a one-line UserError."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise UserError(f"bad name {name!r}: {NAME_RULE}")
+    return name
+
+
+def inside(root: Path, relative: Path) -> Path:
+    """`root / relative`, refused unless it stays under `root` once both are resolved
+    (symbolic links followed), so no name or link sends a write outside the project."""
+    path = Path(root) / relative
+    base = Path(root).resolve()
+    if not path.resolve().is_relative_to(base):
+        raise UserError(f"refusing to write {path}: it resolves to {path.resolve()}, outside the project root {base}")
+    return path
+
+
 def corpus_dir(corpus: str) -> Path:
     """Where `tdiag data fetch <corpus>` puts a downloaded (or mirrored) corpus."""
-    return RESOURCES / corpus
+    return RESOURCES / check_name(corpus)
 
 
 def synthetic_dir(dataset: str) -> Path:
-    return RESULTS / "data" / "synthetic" / dataset
+    return RESULTS / "data" / "synthetic" / check_name(dataset)
 
 
 def prepared_dir(dataset: str) -> Path:
     """A dataset made from a real corpus (translation pairs, language-model streams)."""
-    return RESULTS / "data" / dataset
+    return RESULTS / "data" / check_name(dataset)
 
 
 # Files inside a dataset's folder (synthetic or prepared): training reads them through
@@ -65,7 +104,7 @@ def synthetic_meta(dataset: str) -> Path:
 
 
 def run_dir(study: str, run: str) -> Path:
-    return RESULTS / "runs" / study / run
+    return RESULTS / "runs" / check_name(study) / check_name(run)
 
 
 def run_log(study: str, run: str) -> Path:
@@ -104,19 +143,19 @@ def seed_log(study: str, run: str, seed: int) -> Path:
 
 
 def study_table(study: str) -> Path:
-    return RESULTS / study / "runs.csv"
+    return RESULTS / check_name(study) / "runs.csv"
 
 
 def notebook(study: str) -> Path:
-    return NOTEBOOKS / f"{study}.ipynb"
+    return NOTEBOOKS / f"{check_name(study)}.ipynb"
 
 
 def executed_notebook(study: str) -> Path:
-    return RESULTS / "notebooks" / f"{study}.ipynb"
+    return RESULTS / "notebooks" / f"{check_name(study)}.ipynb"
 
 
 def report_page(study: str) -> Path:
-    return REPORTS / f"{study}.html"
+    return REPORTS / f"{check_name(study)}.html"
 
 
 def report_index() -> Path:

@@ -9,19 +9,19 @@ on a laptop and on a GPU server alike.
 
 from __future__ import annotations
 
-import re
+import shlex
 from dataclasses import replace
 from pathlib import Path
 
 import yaml
 
 from tdiag import paths
-from tdiag.config import Config
+from tdiag.config import Config, ConfigError
 from tdiag.digest import json_digest
 from tdiag.data.kinds import corpus_files, kind_of
-from tdiag.stage import Stage, source_files
+from tdiag.stage import Stage, source_files, stage_name
 
-REPORT_INDEX = "index"
+REPORT_INDEX = paths.REPORT_INDEX
 
 TRAIN_CODE = source_files(
     "data/batching.py",
@@ -55,7 +55,7 @@ INDEX_CODE = source_files("report/index.py", "report/render.py")
 
 def _fetch_stage(corpus: str) -> Stage:
     return Stage(
-        name=f"data_fetch_{_identifier(corpus)}",
+        name=stage_name("data_fetch", corpus),
         args=("data", "fetch", corpus),
         deps=source_files("data/corpora.py"),
         outs=corpus_files(corpus),
@@ -85,7 +85,7 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
         summaries.append(summary)
         stages.append(
             Stage(
-                name=f"train_{study}_{_identifier(run)}",
+                name=stage_name("train", study, run),
                 args=("train", study, run),
                 deps=_dataset_files(cfg, rc.dataset) + TRAIN_CODE,
                 # Per-seed folders (metrics, checkpoints) are the stage's working files;
@@ -101,7 +101,7 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
     table = str(paths.study_table(study))
     stages.append(
         Stage(
-            name=f"collect_{study}",
+            name=stage_name("collect", study),
             args=("collect", study),
             deps=tuple(summaries) + source_files("report/collect.py"),
             outs=(table,),
@@ -109,18 +109,13 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
     )
     stages.append(
         Stage(
-            name=f"report_{study}",
+            name=stage_name("report", study),
             args=("report", study),
             deps=(table, str(paths.notebook(study))) + tuple(summaries) + REPORT_CODE,
             outs=(str(paths.executed_notebook(study)), str(paths.report_page(study))),
         )
     )
     return stages
-
-
-def _identifier(name: str) -> str:
-    """Run names may hold '-' and '.'; stage (rule) names must be identifiers."""
-    return re.sub(r"\W", "_", name)
 
 
 def _with_data_priorities(cfg: Config, data: list[Stage]) -> list[Stage]:
@@ -157,6 +152,14 @@ def stages(cfg: Config) -> list[Stage]:
             params=("scale",),
         )
     )
+    named: dict[str, Stage] = {}
+    for stage in out:
+        if stage.name in named:
+            raise ConfigError(
+                f"`tdiag {' '.join(named[stage.name].args)}` and `tdiag {' '.join(stage.args)}` would both be "
+                f"stage '{stage.name}' ('-' and '.' in names become '_' there); rename one of them"
+            )
+        named[stage.name] = stage
     return out
 
 
@@ -165,10 +168,14 @@ def final_targets(cfg: Config) -> list[str]:
 
 
 def dvc_yaml(stage_list: list[Stage]) -> str:
-    """dvc.yaml text for the stage list (generated, committed, kept equal by a test)."""
+    """dvc.yaml text for the stage list (generated, committed, kept equal by a test).
+
+    DVC runs `cmd` through a shell, so every argument is quoted: names are validated,
+    but a command must not depend on that to mean what its arguments say.
+    """
     doc = {"stages": {}}
     for st in stage_list:
-        entry: dict = {"cmd": " ".join(("tdiag", *st.args))}
+        entry: dict = {"cmd": shlex.join(("tdiag", *st.args))}
         if st.deps:
             entry["deps"] = list(st.deps)
         if st.params:

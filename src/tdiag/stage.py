@@ -6,10 +6,17 @@ their own data stages.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 PACKAGE_DIR = Path("src") / "tdiag"
+
+
+def stage_name(verb: str, *names: str) -> str:
+    """`verb_name_name...` as an identifier: dataset, study and run names may hold '-'
+    and '.', which DVC refuses in a stage name (and a rule name is best an identifier)."""
+    return "_".join((verb, *(re.sub(r"\W", "_", n) for n in names)))
 
 
 def source_files(*modules: str) -> tuple[str, ...]:

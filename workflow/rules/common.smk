@@ -10,11 +10,11 @@ from tdiag import plan
 OVERRIDES = tdiag_config.overrides_from_mapping(config)
 try:
     CFG = tdiag_config.load("params.yaml", OVERRIDES)
+    STAGES = plan.stages(CFG)
 except tdiag_config.ConfigError as err:
     sys.stderr.write(f"tdiag: error: {err}\n")
     sys.exit(2)
 
-STAGES = plan.stages(CFG)
 TDIAG = [sys.executable, "-m", "tdiag"] + [arg for o in OVERRIDES for arg in ("--set", o)]
 # CPU threads per training job. The study's models are small enough that a step is
 # dominated by per-op overhead, not arithmetic: one thread per job and one job per

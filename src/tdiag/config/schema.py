@@ -12,8 +12,9 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from tdiag import paths
 from tdiag.config.errors import ConfigError
 from tdiag.config.overrides import deep_merge
 from tdiag.digest import json_digest
@@ -21,6 +22,40 @@ from tdiag.digest import json_digest
 
 class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -------------------------------------------------------------------------- names
+# Dataset, study, run and grid names become folder names and stage command arguments
+# (paths.py), so they are held to paths.NAME_PATTERN when the file loads.
+
+
+def _name(value: str) -> str:
+    if not paths.NAME_PATTERN.fullmatch(value):
+        raise ValueError(paths.NAME_RULE)
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
+"""A name given as a value (a run's `dataset`, a grid's `datasets` entries)."""
+
+
+def _named(mapping: Any, section: str = "") -> Any:
+    """The keys of a mapping of names, checked before its values are validated, so the
+    error (reported against the mapping's path) names the key as written.
+
+    With `section` (datasets, studies), a name may not hold '.' either: dvc.yaml tracks
+    `<section>.<name>` as a params key, and DVC reads every '.' there as a level.
+    """
+    if isinstance(mapping, dict):
+        for key in mapping:
+            if not isinstance(key, str) or not paths.NAME_PATTERN.fullmatch(key):
+                raise ValueError(f"bad name {key!r}; {paths.NAME_RULE}")
+            if section and "." in key:
+                raise ValueError(
+                    f"bad name {key!r}; {section} names may not hold '.' (dvc.yaml tracks '{section}.{key}' "
+                    "as a params key, and DVC reads each '.' as a level): use '-' or '_'"
+                )
+    return mapping
 
 
 # --------------------------------------------------------------------------- data
@@ -244,7 +279,7 @@ class TrainConfig(Frozen):
 class RunConfig(Frozen):
     """Everything one training run needs: the study defaults merged with the run's overrides."""
 
-    dataset: str
+    dataset: Name
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     seeds: Annotated[int, Field(ge=1)] = 1
@@ -284,7 +319,7 @@ class GridConfig(Frozen):
     in each run's `variant` for the report.
     """
 
-    datasets: Optional[Annotated[list[str], Field(min_length=1)]] = None
+    datasets: Optional[Annotated[list[Name], Field(min_length=1)]] = None
     """Default: the study's dataset."""
     vary: Annotated[dict[str, Annotated[list[Any], Field(min_length=1)]], Field(min_length=1)]
     """Axis -> values; the grid is the product of the axes. An axis is a dotted key
@@ -327,13 +362,18 @@ class StudyConfig(Frozen):
     priority: int = 0
     """Snakemake starts ready jobs of higher-priority studies (and their data stages)
     first: give the study with the longest runs the highest, so it overlaps the rest."""
-    dataset: Optional[str] = None
+    dataset: Optional[Name] = None
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     seeds: Annotated[int, Field(ge=1)] = 1
     runs: dict[str, dict[str, Any]] = {}
     """Run name -> overrides of the study's defaults (same keys: dataset, model, train, seeds)."""
     grids: dict[str, GridConfig] = {}
+
+    @field_validator("runs", "grids", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        return _named(value)
 
     @model_validator(mode="after")
     def _has_runs(self) -> "StudyConfig":
@@ -356,6 +396,11 @@ class StudyConfig(Frozen):
                         overrides = deep_merge(overrides, _nested(key, value))
                     if name in out:
                         raise ValueError(f"run name '{name}' of grid '{grid_name}' is also defined elsewhere")
+                    if not paths.NAME_PATTERN.fullmatch(name):
+                        raise ValueError(
+                            f"run name '{name}' of grid '{grid_name}' is longer than 100 characters; "
+                            "shorten the grid's name or its datasets' names"
+                        )
                     out[name] = (f"grids.{grid_name}", overrides)
         return out
 
@@ -388,6 +433,21 @@ class Config(Frozen):
     studies: dict[str, StudyConfig]
     scales: dict[Literal["smoke", "full"], dict[str, Any]] = {}
 
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _dataset_names(cls, value: Any) -> Any:
+        return _named(value, "datasets")
+
+    @field_validator("studies", mode="before")
+    @classmethod
+    def _study_names(cls, value: Any) -> Any:
+        if isinstance(value, dict) and paths.REPORT_INDEX in value:
+            raise ValueError(
+                f"the study name '{paths.REPORT_INDEX}' is reserved: `tdiag report {paths.REPORT_INDEX}` "
+                f"renders {paths.report_index()}; rename the study"
+            )
+        return _named(value, "studies")
+
     # resolved at load time, never read from the file
     resolved_scale: Literal["smoke", "full"] = "smoke"
     _runs: dict[str, dict[str, RunConfig]] = PrivateAttr(default_factory=dict)
@@ -396,7 +456,7 @@ class Config(Frozen):
 
     def study(self, name: str) -> StudyConfig:
         if name not in self.studies:
-            raise ConfigError(f"unknown study '{name}'; studies: {', '.join(self.studies)}")
+            raise ConfigError(f"unknown study {name!r}; studies: {', '.join(self.studies)}")
         return self.studies[name]
 
     def run(self, study: str, run: str) -> RunConfig:
@@ -404,7 +464,7 @@ class Config(Frozen):
         self.study(study)
         runs = self._runs[study]
         if run not in runs:
-            raise ConfigError(f"unknown run '{run}' in study '{study}'; runs: {', '.join(runs)}")
+            raise ConfigError(f"unknown run {run!r} in study '{study}'; runs: {', '.join(runs)}")
         return runs[run]
 
     def run_names(self, study: str) -> list[str]:

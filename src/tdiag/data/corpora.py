@@ -177,7 +177,7 @@ WMT14_TRAINING = "wmt14-europarl-v7"
 
 def corpus(name: str) -> Corpus:
     if name not in CORPORA:
-        raise FetchError(f"unknown corpus '{name}'; corpora: {', '.join(CORPORA)}")
+        raise FetchError(f"unknown corpus {name!r}; corpora: {', '.join(CORPORA)}")
     return CORPORA[name]
 
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from tdiag import paths
 from tdiag.digest import json_digest
-from tdiag.stage import Stage, source_files
+from tdiag.stage import Stage, source_files, stage_name
 
 if TYPE_CHECKING:
     from tdiag.config import DatasetConfig, LanguageModelTaskConfig, TrainConfig, TranslationTaskConfig
@@ -112,7 +112,7 @@ class Synthetic(DatasetKind):
     def stages(self, name: str, ds: DatasetConfig) -> list[Stage]:
         return [
             Stage(
-                name=f"data_synth_{name}",
+                name=stage_name("data_synth", name),
                 args=("data", "synth", name),
                 deps=source_files("data/synthetic.py"),
                 outs=self.files(name),
@@ -150,7 +150,7 @@ class Translation(DatasetKind):
         digest = json_digest(ds.model_dump(mode="json"))
         return [
             Stage(
-                name=f"data_prepare_{name}",
+                name=stage_name("data_prepare", name),
                 args=("data", "prepare", name),
                 deps=fetched + source_files("data/translation.py", "data/wmt14.py"),
                 outs=raw + tokenized,
@@ -158,7 +158,7 @@ class Translation(DatasetKind):
                 fingerprint=digest,
             ),
             Stage(
-                name=f"bpe_learn_{name}",
+                name=stage_name("bpe_learn", name),
                 args=("bpe", "learn", name),
                 deps=train_text + source_files("data/bpe.py"),
                 outs=(str(paths.bpe_codes(name)),),
@@ -166,7 +166,7 @@ class Translation(DatasetKind):
                 fingerprint=digest,
             ),
             Stage(
-                name=f"bpe_apply_{name}",
+                name=stage_name("bpe_apply", name),
                 args=("bpe", "apply", name),
                 deps=raw + tokenized + (str(paths.bpe_codes(name)),)
                 + source_files("data/bpe.py", "data/translation.py"),
@@ -198,7 +198,7 @@ class LanguageModel(DatasetKind):
             sources = tuple(f for c in self.corpora(ds) for f in corpus_files(c))
         return [
             Stage(
-                name=f"data_prepare_{name}",
+                name=stage_name("data_prepare", name),
                 args=("data", "prepare", name),
                 deps=sources + source_files("data/language_model.py"),
                 outs=(str(paths.lm_vocab(name)),) + self.files(name),
