@@ -113,9 +113,22 @@ def test_inside_refuses_a_path_that_a_link_sends_outside(tmp_path):
     (project / "results" / "runs").mkdir(parents=True)
     outside.mkdir()
     (project / "results" / "runs" / "toy").symlink_to(outside)
-    with pytest.raises(UserError, match="outside the project root"):
+    with pytest.raises(UserError, match="refusing to write"):
         paths.inside(project, paths.run_dir("toy", "copy"))
     assert paths.inside(project, paths.run_dir("lm", "copy")) == project / "results/runs/lm/copy"
+
+
+def test_inside_lets_the_top_results_folder_be_a_link(tmp_path):
+    """results/ on a scratch disk: the link is the user's own choice, and writes below it
+    still may not leave it."""
+    project, scratch = tmp_path / "project", tmp_path / "scratch"
+    (scratch / "runs").mkdir(parents=True)
+    project.mkdir()
+    (project / "results").symlink_to(scratch)
+    assert paths.inside(project, paths.run_dir("toy", "copy")) == project / "results/runs/toy/copy"
+    (scratch / "runs" / "lm").symlink_to(tmp_path)
+    with pytest.raises(UserError, match="refusing to write"):
+        paths.inside(project, paths.run_dir("lm", "copy"))
 
 
 @pytest.mark.parametrize(
@@ -124,7 +137,7 @@ def test_inside_refuses_a_path_that_a_link_sends_outside(tmp_path):
         ("results/runs/toy", ["train", "toy", "copy"]),
         ("results/data/synthetic", ["data", "synth", "copy"]),
         ("results/toy", ["collect", "toy"]),
-        ("reports", ["report", "toy"]),
+        ("reports/toy.html", ["report", "toy"]),
     ],
 )
 def test_a_command_refuses_to_write_through_a_link_out_of_the_project(link, argv, tmp_path, monkeypatch, capsys):
@@ -137,7 +150,7 @@ def test_a_command_refuses_to_write_through_a_link_out_of_the_project(link, argv
     code, err = _main(project, argv, monkeypatch, capsys)
 
     assert code == 2
-    assert len(err.splitlines()) == 1 and "outside the project root" in err
+    assert len(err.splitlines()) == 1 and "refusing to write" in err
     assert list(outside.iterdir()) == []
 
 

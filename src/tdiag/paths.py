@@ -44,12 +44,18 @@ def check_name(name: str) -> str:
 
 
 def inside(root: Path, relative: Path) -> Path:
-    """`root / relative`, refused unless it stays under `root` once both are resolved
-    (symbolic links followed), so no name or link sends a write outside the project."""
+    """`root / relative`, refused unless it stays, links followed, under the top folder it
+    names (`results/`, `reports/`, `resources/`).
+
+    That top folder may itself be a link (results on a scratch disk is common on
+    clusters); below it no name or link may lead elsewhere, so a `results/` folder
+    received from someone else cannot send a write out of it.
+    """
     path = Path(root) / relative
-    base = Path(root).resolve()
+    top = Path(root) / Path(relative).parts[0]
+    base = top.resolve()
     if not path.resolve().is_relative_to(base):
-        raise UserError(f"refusing to write {path}: it resolves to {path.resolve()}, outside the project root {base}")
+        raise UserError(f"refusing to write {path}: it resolves to {path.resolve()}, outside {top} ({base})")
     return path
 
 
