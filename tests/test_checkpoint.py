@@ -129,6 +129,27 @@ def test_an_unreadable_checkpoint_is_logged_and_the_seed_starts_over(tiny_projec
     assert checkpoint.read(ckpt)["step"] == 4, "the new run checkpoints over the damaged file"
 
 
+@pytest.mark.parametrize("part, value", [
+    ("model", {"not.a.weight": torch.zeros(2)}),
+    ("records", [torch.zeros(1)]),
+    ("rng", {"python": [1, 2, 3]}),
+])
+def test_a_checkpoint_with_the_right_digest_but_foreign_contents_is_logged_and_the_seed_starts_over(
+    tiny_project: Path, part: str, value, caplog
+):
+    straight = short_run(tiny_project)
+    (tiny_project / RUN / "summary.json").unlink()
+    (tiny_project / SEED0 / "summary.json").unlink()
+    ckpt = tiny_project / SEED0 / "checkpoint.pt"
+    torch.save({**torch.load(ckpt, weights_only=True), part: value}, ckpt)
+    with caplog.at_level("WARNING", logger="tdiag.train"):
+        result = short_run(tiny_project)
+    warning = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warning) == 1 and str(ckpt) in warning[0] and "could not be restored" in warning[0], warning
+    assert result["per_seed"][0]["resumed_from"] == [] and first_train_step(tiny_project) == 1
+    assert result["test"] == straight["test"], "the rebuilt model must be the one a fresh run starts from"
+
+
 # ------------------------------------------------------------ stale temporaries
 
 

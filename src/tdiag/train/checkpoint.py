@@ -14,6 +14,7 @@ compares `config_digest` before anything else of it is used (train/loop.py).
 
 from __future__ import annotations
 
+import json
 import pickle
 import random
 import warnings
@@ -126,17 +127,30 @@ def read(path: Path) -> Optional[dict]:
     return payload
 
 
-def restore(payload: dict, *, model, optimizer, scheduler, scaler) -> TrainState:
-    """Load a checkpoint whose `config_digest` the caller has already matched."""
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
-    if scaler is not None and payload["scaler"] is not None:
-        scaler.load_state_dict(payload["scaler"])
-    restore_rng(payload["rng"])
-    return TrainState(
-        step=payload["step"],
-        records=payload["records"],
-        elapsed_seconds=payload["elapsed_seconds"],
-        resumed_from=[*payload["resumed_from"], payload["step"]],
-    )
+def restore(payload: dict, *, model, optimizer, scheduler, scaler, workload) -> TrainState:
+    """Load a checkpoint whose `config_digest` the caller has already matched.
+
+    Raises `Unreadable` when its contents do not fit (a file made to match the digest
+    but not by this loop); the caller must then rebuild what was partly restored.
+    """
+    try:
+        state = TrainState(
+            step=int(payload["step"]),
+            records=payload["records"],
+            elapsed_seconds=float(payload["elapsed_seconds"]),
+            resumed_from=[*map(int, payload["resumed_from"]), int(payload["step"])],
+        )
+        if not all(isinstance(r, dict) for r in state.records):
+            raise TypeError("records must be mappings")
+        json.dumps(state.records)  # they are rewritten to metrics.jsonl
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        if scaler is not None and payload["scaler"] is not None:
+            scaler.load_state_dict(payload["scaler"])
+        workload.load_state_dict(payload["workload"])
+        restore_rng(payload["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        raise Unreadable(f"its contents do not fit this run ({type(err).__name__}: {first_line[:120]})") from None
+    return state

@@ -158,20 +158,29 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
 
     total_steps = tc.max_steps or tc.epochs * workload.steps_per_epoch
     eval_every = tc.eval_every or workload.steps_per_epoch
-    torch.manual_seed(tc.seed)
-    model = build_model(rc.model, *workload.vocab_sizes, workload.pad_id).to(device)
-    optimizer = build_optimizer(model.parameters(), tc)
-    scheduler = build_scheduler(optimizer, tc, rc.model.d_model, total_steps)
-    workload.reset()
-    scaler = torch.amp.GradScaler(device.type) if tc.precision == "fp16" else None
 
+    def fresh():
+        torch.manual_seed(tc.seed)
+        model = build_model(rc.model, *workload.vocab_sizes, workload.pad_id).to(device)
+        optimizer = build_optimizer(model.parameters(), tc)
+        scheduler = build_scheduler(optimizer, tc, rc.model.d_model, total_steps)
+        workload.reset()
+        scaler = torch.amp.GradScaler(device.type) if tc.precision == "fp16" else None
+        return model, optimizer, scheduler, scaler
+
+    model, optimizer, scheduler, scaler = fresh()
     state = TrainState()
     saved = None if restart else _matching_checkpoint(files.checkpoint, digest)
     if saved is not None:
-        state = checkpoint.restore(saved, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
-        workload.load_state_dict(saved["workload"])
-        log.info("resuming from checkpoint at step %d (of %d)", state.step, total_steps)
-    else:
+        try:
+            state = checkpoint.restore(saved, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                                       workload=workload)
+            log.info("resuming from checkpoint at step %d (of %d)", state.step, total_steps)
+        except checkpoint.Unreadable as err:
+            log.warning("checkpoint %s could not be restored: %s; starting from step 0", files.checkpoint, err)
+            model, optimizer, scheduler, scaler = fresh()  # restoring may have stopped part way
+            saved = None
+    if saved is None:
         files.checkpoint.unlink(missing_ok=True)
 
     atomic.write_json(files.config, {**_provenance(cfg, rc, files, choice, model), "config_digest": digest})
