@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from conftest import REPO, tdiag
-from tdiag import atomic, config, paths
+from tdiag import atomic, config
 from tdiag.config import ConfigError, ModelConfig, TrainConfig
 from tdiag.models import build_model
 from tdiag.train import checkpoint, memory_estimate
@@ -153,26 +152,25 @@ def test_a_checkpoint_with_the_right_digest_but_foreign_contents_is_logged_and_t
 # ------------------------------------------------------------ stale temporaries
 
 
-def test_remove_temporaries_takes_only_what_atomic_path_leaves(tmp_path: Path):
+def test_remove_temporaries_takes_only_what_atomic_path_leaves(tmp_path: Path, monkeypatch):
     target = tmp_path / "checkpoint.pt"
     keep = ["checkpoint.pt", ".other.abc.tmp.pt", "checkpoint.tmp.pt", ".checkpoint.tmp.pt", ".checkpoint.x.tmp.json"]
     for name in keep:
         (tmp_path / name).write_text("")
 
-    class Killed(Exception):
+    class Killed(BaseException):
         pass
 
-    real_replace = os.replace
-    os.replace = lambda *a: (_ for _ in ()).throw(Killed())  # a kill just before the rename
-    try:
-        with pytest.raises(Killed), atomic.atomic_path(target) as tmp:
-            tmp.write_text("half")
-            left = tmp
-    finally:
-        os.replace = real_replace
+    def killed(*args):
+        raise Killed
+
+    monkeypatch.setattr(atomic.os, "replace", killed)  # a kill just before the rename
+    with pytest.raises(Killed), atomic.atomic_path(target) as tmp:
+        tmp.write_text("half")
+    monkeypatch.undo()
     # atomic_path removes its temporary on an exception; a SIGKILL would not: put it back.
-    left.write_text("half")
-    assert atomic.remove_temporaries(target) == [left]
+    tmp.write_text("half")
+    assert atomic.remove_temporaries(target) == [tmp]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
 
 
