@@ -299,7 +299,7 @@ def test_an_interrupted_lstm_run_resumes_mid_epoch_bit_for_bit(tmp_path: Path, m
     stopped_at = saves[-1]
     per_epoch = json.loads((straight / paths.run_summary("lm", LSTM_RUN)).read_text())["per_seed"][0]["steps_per_epoch"]
     assert stopped_at % per_epoch, "the interruption must fall inside an epoch, where the state matters"
-    saved = checkpoint.load(interrupted / paths.seed_checkpoint("lm", LSTM_RUN, 0))
+    saved = checkpoint.read(interrupted / paths.seed_checkpoint("lm", LSTM_RUN, 0))
     assert saved["workload"]["hidden"] is not None
 
     train_run(cfg, "lm", LSTM_RUN, root=interrupted)

@@ -16,7 +16,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Keep the real suffix last: some writers (papermill) judge a file by its extension.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_prefix(path), suffix=_suffix(path))
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())
     try:
@@ -25,6 +25,34 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _prefix(path: Path) -> str:
+    return f".{path.stem}."
+
+
+def _suffix(path: Path) -> str:
+    return f".tmp{path.suffix}"
+
+
+def remove_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporary files a killed `atomic_path(path)` left beside `path`; returns them.
+
+    Only for a path no other live process is writing (a run's own files, once it holds its run).
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    prefix, suffix = _prefix(path), _suffix(path)
+    stale = [
+        p for p in path.parent.iterdir()
+        # mkstemp puts its random part between prefix and suffix: at least one character.
+        if p.name.startswith(prefix) and p.name.endswith(suffix) and len(p.name) > len(prefix) + len(suffix)
+        and p.is_file()
+    ]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def _umask() -> int:

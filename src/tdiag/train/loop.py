@@ -30,7 +30,7 @@ from tdiag.config import Config, ConfigError, RunConfig
 from tdiag.data.kinds import DatasetKind, kind_of
 from tdiag.errors import UserError
 from tdiag.models import build_model
-from tdiag.train import checkpoint
+from tdiag.train import checkpoint, memory_estimate
 from tdiag.train.checkpoint import TrainState
 from tdiag.train.metrics import ActivationNorms
 from tdiag.train.optim import build_optimizer, build_scheduler
@@ -67,17 +67,21 @@ def _finite(record: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
 
 
+def _log_to_stderr() -> None:
+    log.setLevel(logging.INFO)
+    if not any(getattr(h, "stream", None) is sys.stderr for h in log.handlers):
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+        log.addHandler(stream)
+
+
 @contextlib.contextmanager
 def _logging_to(log_file: Path):
     log_file.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    if not any(getattr(h, "stream", None) is sys.stderr for h in log.handlers):
-        stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
-        log.addHandler(stream)
+    _log_to_stderr()
     try:
         yield
     finally:
@@ -100,30 +104,36 @@ def _read_meta(root: Path, dataset: str, kind: DatasetKind) -> dict:
 
 
 def train_run(cfg: Config, study: str, run: str, *, root: Path = Path("."), restart: bool = False) -> dict:
-    """Train every seed of one run (each resuming from its checkpoint); returns the run summary."""
+    """Train every seed of one run (each resuming from its checkpoint); returns the run summary.
+
+    Every check (dataset present and readable, device, precision, memory estimate) comes
+    before any file of the run is touched: a refused command leaves a finished run as it was.
+    """
     rc = cfg.run(study, run)
     kind = kind_of(cfg.datasets[rc.dataset])  # its files and its workload (batches, loss, evaluation)
     meta = _read_meta(root, rc.dataset, kind)
-    run_summary = root / paths.run_summary(study, run)
-    run_summary.unlink(missing_ok=True)  # its presence must always mean "finished"
-    with _logging_to(root / paths.run_log(study, run)):
-        choice = devices.select_device(
-            Path(cfg.devices.lock_dir) if cfg.devices.lock_dir else None, on_wait=log.info
-        )
-        try:
-            reason = devices.supports_precision(choice.device, rc.train.precision)
-            if reason:
-                raise ConfigError(f"studies.{study}.runs.{run}.train.precision: {reason}")
+    _log_to_stderr()  # the run's log file is opened only once the checks have passed
+    choice = devices.select_device(Path(cfg.devices.lock_dir) if cfg.devices.lock_dir else None, on_wait=log.info)
+    try:
+        reason = devices.supports_precision(choice.device, rc.train.precision)
+        if reason:
+            raise ConfigError(f"studies.{study}.runs.{run}.train.precision: {reason}")
+        workload = kind.workload(root / kind.dataset_dir(rc.dataset), meta, rc.train, choice.device)
+        memory_estimate.check(f"studies.{study}.runs.{run}", rc.model, rc.train, workload.vocab_sizes, choice.device)
+
+        run_summary = root / paths.run_summary(study, run)
+        run_summary.unlink(missing_ok=True)  # its presence must always mean "finished"
+        atomic.remove_temporaries(run_summary)
+        with _logging_to(root / paths.run_log(study, run)):
             log.info("run %s/%s on %s, seeds %s", study, run, choice.description, rc.seed_values())
-            workload = kind.workload(root / kind.dataset_dir(rc.dataset), meta, rc.train, choice.device)
             seeds = []
             for seed in rc.seed_values():
                 files = SeedFiles(root, study, run, seed)
                 with _logging_to(files.log):
                     seeds.append(_train_seed(cfg, rc, files, meta, workload, choice, restart))
-        finally:
-            if choice.slot is not None:
-                choice.slot.release()
+    finally:
+        if choice.slot is not None:
+            choice.slot.release()
     summary = _run_summary(study, run, rc, seeds)
     atomic.write_json(run_summary, summary)
     return summary
@@ -143,26 +153,34 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
             log.info("seed %d already finished (%s): kept", files.seed, done["status"])
             return done
     files.summary.unlink(missing_ok=True)
+    for path in (files.config, files.metrics, files.checkpoint, files.summary):
+        atomic.remove_temporaries(path)  # left by a kill during a write
 
     total_steps = tc.max_steps or tc.epochs * workload.steps_per_epoch
     eval_every = tc.eval_every or workload.steps_per_epoch
-    torch.manual_seed(tc.seed)
-    model = build_model(rc.model, *workload.vocab_sizes, workload.pad_id).to(device)
-    optimizer = build_optimizer(model.parameters(), tc)
-    scheduler = build_scheduler(optimizer, tc, rc.model.d_model, total_steps)
-    workload.reset()
-    scaler = torch.amp.GradScaler(device.type) if tc.precision == "fp16" else None
 
+    def fresh():
+        torch.manual_seed(tc.seed)
+        model = build_model(rc.model, *workload.vocab_sizes, workload.pad_id).to(device)
+        optimizer = build_optimizer(model.parameters(), tc)
+        scheduler = build_scheduler(optimizer, tc, rc.model.d_model, total_steps)
+        workload.reset()
+        scaler = torch.amp.GradScaler(device.type) if tc.precision == "fp16" else None
+        return model, optimizer, scheduler, scaler
+
+    model, optimizer, scheduler, scaler = fresh()
     state = TrainState()
-    saved = None if restart else checkpoint.load(files.checkpoint)
-    if saved is not None and saved["config_digest"] != digest:
-        log.info("checkpoint %s is for a different configuration: starting from step 0", files.checkpoint)
-        saved = None
+    saved = None if restart else _matching_checkpoint(files.checkpoint, digest)
     if saved is not None:
-        state = checkpoint.restore(saved, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
-        workload.load_state_dict(saved["workload"])
-        log.info("resuming from checkpoint at step %d (of %d)", state.step, total_steps)
-    else:
+        try:
+            state = checkpoint.restore(saved, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                                       workload=workload)
+            log.info("resuming from checkpoint at step %d (of %d)", state.step, total_steps)
+        except checkpoint.Unreadable as err:
+            log.warning("checkpoint %s could not be restored: %s; starting from step 0", files.checkpoint, err)
+            model, optimizer, scheduler, scaler = fresh()  # restoring may have stopped part way
+            saved = None
+    if saved is None:
         files.checkpoint.unlink(missing_ok=True)
 
     atomic.write_json(files.config, {**_provenance(cfg, rc, files, choice, model), "config_digest": digest})
@@ -248,6 +266,23 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
         ": test " + ", ".join(f"{k} {summary['test'][k]:.4g}" for k in workload.log_keys) if finished else "",
     )
     return summary
+
+
+def _matching_checkpoint(path: Path, digest: str) -> dict | None:
+    """The checkpoint at `path` if it is readable and for configuration `digest`, else None (logged).
+
+    It is read with the weights-only loader (tensors and plain values: reading runs no
+    code), and its digest is compared before anything else in it is used.
+    """
+    try:
+        saved = checkpoint.read(path)
+    except checkpoint.Unreadable as err:
+        log.warning("checkpoint %s could not be read: %s; starting from step 0", path, err)
+        return None
+    if saved is not None and saved["config_digest"] != digest:
+        log.info("checkpoint %s is for a different configuration: starting from step 0", path)
+        return None
+    return saved
 
 
 def _best(evals: list[dict], metric: str, direction: str) -> dict | None:
