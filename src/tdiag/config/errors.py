@@ -74,6 +74,8 @@ def _walk(loc: tuple, model: type[BaseModel]) -> tuple[list, Any]:
     parts = list(loc)
     while parts:
         part = parts.pop(0)
+        if part == "[key]":  # pydantic's marker for an error in a mapping's key itself
+            continue
         clean.append(part)
         node = _unwrap(node)
         if isinstance(node, type) and issubclass(node, BaseModel):
