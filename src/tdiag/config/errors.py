@@ -51,6 +51,8 @@ def format_error(
             return f"unknown key '{path}'; allowed keys: {allowed}"
         return f"unknown key '{path}'"
     if kind == "missing":
+        if loc and isinstance(loc[-1], int):  # a tuple too short, e.g. betas: [0.9]
+            return f"missing value '{path}': the list needs {loc[-1] + 1} or more values"
         return f"missing key '{path}'"
     if kind == "literal_error":
         return f"bad value {first.get('input')!r} for '{path}'; allowed: {first['ctx']['expected']}"

@@ -139,6 +139,8 @@ def _resolve_all(cfg: Config, prefix: str, known: Resolved) -> Resolved:
         # Only the keys the study sets: an explicit null (e.g. `max_steps: null` beside
         # `epochs`, `eval_every: null`) must reach the run, not fall back to its default.
         defaults = st.model_dump(mode="json", exclude={"runs", "grids", "priority"}, exclude_unset=True)
+        for grid_name, grid in st.grids.items():
+            _check_grid_keys(f"{prefix}studies.{study}.grids.{grid_name}", grid)
         for run, (where, overrides) in st.run_overrides().items():
             mapping = deep_merge(defaults, overrides)
             if (study, run) in known and known[study, run][0] == mapping:
@@ -156,6 +158,27 @@ def _resolve_all(cfg: Config, prefix: str, known: Resolved) -> Resolved:
                 raise ConfigError(f"bad value {rc.dataset!r} for '{named}'; allowed: {', '.join(cfg.datasets)}")
             out[study, run] = (mapping, rc)
     return out
+
+
+def _check_grid_keys(here: str, grid: GridConfig) -> None:
+    """Refuse what merging a grid's varied keys would silently drop: an override that is
+    not a mapping but has a varied key inside it, or a varied key inside another."""
+    varied = {key for variant in grid.variants() for key in variant}
+    for dotted in sorted(varied):
+        parts = dotted.split(".")
+        node: Any = grid.overrides
+        for depth in range(1, len(parts)):
+            if not isinstance(node, dict) or parts[depth - 1] not in node:
+                break
+            node = node[parts[depth - 1]]
+            if not isinstance(node, dict):
+                raise ConfigError(
+                    f"bad value {node!r} for '{here}.overrides.{'.'.join(parts[:depth])}': "
+                    f"must be a mapping (vary sets '{dotted}' inside it)"
+                )
+        inner = sorted(other for other in varied if other.startswith(f"{dotted}."))
+        if inner:
+            raise ConfigError(f"'{here}.vary': '{dotted}' and '{inner[0]}' are both varied; the second would replace the first")
 
 
 def _grid_locator(here: str, grid_name: str, grid: GridConfig, run: str, defaults: dict):

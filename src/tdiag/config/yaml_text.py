@@ -73,6 +73,9 @@ def parse(text: str, source: str, prefix: str = "", error: type[ConfigError] = C
 
     try:
         return yaml.load(text, Loader=StrictLoader)
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        within = f" in the value of '{prefix}'" if prefix else ""
+        raise error(f"{source}: not valid YAML{within} (lists or mappings nested too deep)") from None
     except DuplicateKey as err:
         path = f"{prefix}.{err.path}" if prefix else err.path
         raise error(f"{source}{at(err.line)}: duplicate key '{path}'") from None
