@@ -3,7 +3,7 @@
 `tdiag` prints such an error as one line (`tdiag: error: ...`) and exits with code 2;
 anything else is a bug and keeps its traceback. Subclasses say where the problem lies:
 `config.ConfigError` (params.yaml and overrides), `data.corpora.FetchError`,
-`data.wmt14.SGMLError`.
+`data.wmt14.SGMLError`, `report.collect.UnfinishedStudy`.
 """
 
 

@@ -7,7 +7,7 @@ allowed there.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Callable, Optional, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -18,23 +18,41 @@ class ConfigError(UserError):
     """A problem with the user's configuration: printed as one line, exit code 2."""
 
 
+class OverrideError(ConfigError):
+    """A `key.path=value` override that cannot be read: about the override, not the file."""
+
+
 def key_path(err: ValidationError, model: type[BaseModel]) -> list:
     """The path, as keys of the file, of the first error `err` reports against `model`."""
     return _walk(tuple(err.errors()[0]["loc"]), model)[0]
 
 
-def format_error(err: ValidationError, prefix: str, model: type[BaseModel]) -> str:
-    """The first error of `err` (validating `model`) as one line; `prefix` goes before the path."""
+def format_error(
+    err: ValidationError,
+    prefix: str,
+    model: type[BaseModel],
+    locate: Optional[Callable[[list, str], Optional[str]]] = None,
+) -> str:
+    """The first error of `err` (validating `model`) as one line; `prefix` goes before the path.
+
+    `locate(path, kind)`, where given, maps the error's path in the validated mapping
+    (and pydantic's error type) to the path the user wrote, or None for the default
+    `prefix.path`: a grid run's keys come from the grid's `vary` and `overrides`.
+    """
     first = err.errors()[0]
     loc, parent = _walk(tuple(first["loc"]), model)
-    path = ".".join([prefix] * bool(prefix) + [str(p) for p in loc])
     kind = first["type"]
+    path = locate(loc, kind) if locate else None
+    if path is None:
+        path = ".".join([prefix] * bool(prefix) + [str(p) for p in loc])
     if kind == "extra_forbidden":
         if isinstance(parent, type) and issubclass(parent, BaseModel):
             allowed = ", ".join(k for k in parent.model_fields if k != "resolved_scale")
             return f"unknown key '{path}'; allowed keys: {allowed}"
         return f"unknown key '{path}'"
     if kind == "missing":
+        if loc and isinstance(loc[-1], int):  # a tuple too short, e.g. betas: [0.9]
+            return f"missing value '{path}': the list needs {loc[-1] + 1} or more values"
         return f"missing key '{path}'"
     if kind == "literal_error":
         return f"bad value {first.get('input')!r} for '{path}'; allowed: {first['ctx']['expected']}"
@@ -58,6 +76,8 @@ def _walk(loc: tuple, model: type[BaseModel]) -> tuple[list, Any]:
     parts = list(loc)
     while parts:
         part = parts.pop(0)
+        if part == "[key]":  # pydantic's marker for an error in a mapping's key itself
+            continue
         clean.append(part)
         node = _unwrap(node)
         if isinstance(node, type) and issubclass(node, BaseModel):

@@ -6,9 +6,8 @@ import copy
 import json
 from typing import Any
 
-import yaml
-
-from tdiag.config.errors import ConfigError
+from tdiag.config import yaml_text
+from tdiag.config.errors import OverrideError
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -22,14 +21,20 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def shown(text: str, width: int = 100) -> str:
+    """An override as quoted in an error: whole, or its start when it is very long."""
+    return f"'{text}'" if len(text) <= width else f"'{text[: width - 3]}...'"
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b.c=value` -> (['a','b','c'], YAML-parsed value)."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like key.path=value")
+        raise OverrideError(f"override {shown(text)} must look like key.path=value")
     key, raw = text.split("=", 1)
-    if not key.strip():
-        raise ConfigError(f"override '{text}' has an empty key")
-    return key.strip().split("."), yaml.safe_load(raw) if raw else None
+    key = key.strip()
+    if not key:
+        raise OverrideError(f"override {shown(text)} has an empty key")
+    return key.split("."), yaml_text.parse(raw, f"override {shown(text)}", prefix=key, error=OverrideError) if raw else None
 
 
 def overrides_from_mapping(mapping: dict, prefix: str = "") -> list[str]:
@@ -55,6 +60,6 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override '{text}': '{k}' is not a section")
+                raise OverrideError(f"override {shown(text)}: '{k}' is not a section")
         node[keys[-1]] = value
     return out

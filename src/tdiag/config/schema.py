@@ -21,7 +21,41 @@ from tdiag.digest import json_digest
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `.inf` and `.nan` are refused by every float field, not only
+    # where a bound happens to exclude them (`lr: .inf` passes `gt=0`).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# Upper bounds on sizes and counts: generous (far beyond anything this project trains),
+# but finite, so a slip such as `d_model: 10**12` is a one-line error when the file is
+# loaded instead of an allocator traceback in the middle of a run.
+MAX_EXAMPLES = 10**8
+"""n_train, n_valid, n_test, eval_examples: 100 million sequences."""
+MAX_TOKENS = 10**10
+"""Language-model token cuts (train_tokens, eval_tokens): 10 billion tokens."""
+MAX_VOCAB = 2**20
+"""vocab_size (synthetic symbols) and bpe_merges: a million, 20x a typical BPE vocabulary."""
+MAX_LENGTH = 2**20
+"""Sequence lengths (content_length, run_length, max_tokens, max_len, bptt): a million positions."""
+MAX_WIDTH = 65536
+"""d_model, hidden_size: over 5x GPT-3's 12,288."""
+MAX_FF = 4 * MAX_WIDTH
+"""d_ff: the usual 4 x d_model at the widest d_model."""
+MAX_HEADS = 1024
+MAX_LAYERS = 256
+"""Each of n_layers, n_encoder_layers, n_decoder_layers: over twice GPT-3's 96."""
+MAX_BATCH = 2**20
+"""batch_size (sequences or streams) and micro_batches."""
+MAX_BATCH_TOKENS = 2**30
+"""batch_tokens: a billion target tokens per step."""
+MAX_STEPS = 10**9
+"""max_steps, warmup_steps, eval_every, checkpoint_every."""
+MAX_EPOCHS = 10**6
+MAX_BEAM = 1024
+MAX_SEEDS = 1000
+"""seeds: trained runs per variant."""
+MAX_SEED = 2**32 - MAX_SEEDS - 1
+"""Seeds seed numpy's generators (0 .. 2**32 - 1); train.seed + seeds - 1 must stay in range."""
 
 
 # -------------------------------------------------------------------------- names
@@ -62,10 +96,10 @@ def _named(mapping: Any, section: str = "") -> Any:
 
 
 class _SplitSizes(Frozen):
-    n_train: Annotated[int, Field(ge=1)] = 20000
-    n_valid: Annotated[int, Field(ge=1)] = 500
-    n_test: Annotated[int, Field(ge=1)] = 1000
-    seed: int = 1
+    n_train: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] = 20000
+    n_valid: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] = 500
+    n_test: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] = 1000
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 1
 
 
 class SymbolTaskConfig(_SplitSizes):
@@ -77,9 +111,9 @@ class SymbolTaskConfig(_SplitSizes):
     """
 
     task: Literal["copy", "reverse", "structured", "pairwise_sum"] = "copy"
-    vocab_size: Annotated[int, Field(ge=4)] = 20
-    content_length: Annotated[int, Field(ge=1)] = 4
-    run_length: Optional[Annotated[int, Field(ge=1)]] = None
+    vocab_size: Annotated[int, Field(ge=4, le=MAX_VOCAB)] = 20
+    content_length: Annotated[int, Field(ge=1, le=MAX_LENGTH)] = 4
+    run_length: Optional[Annotated[int, Field(ge=1, le=MAX_LENGTH)]] = None
     """structured: content is runs of this many consecutive symbols, each from a random
     start (the last run may be shorter); default content_length, a single run."""
 
@@ -142,16 +176,16 @@ class TranslationTaskConfig(Frozen):
     source_lang: Literal["en"] = "en"
     target_lang: Literal["fr"] = "fr"
     training_corpus: Literal["newstest2014", "wmt14-europarl-v7", "wmt14-news-commentary-v9"] = "newstest2014"
-    n_train: Annotated[int, Field(ge=1)] = 1024
-    n_valid: Annotated[int, Field(ge=1)] = 64
-    n_test: Annotated[int, Field(ge=1)] = 64
-    bpe_merges: Annotated[int, Field(ge=1)] = 2000
+    n_train: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] = 1024
+    n_valid: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] = 64
+    n_test: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] = 64
+    bpe_merges: Annotated[int, Field(ge=1, le=MAX_VOCAB)] = 2000
     shared_vocab: bool = True
     """One vocabulary for both sides (from the BPE'd training text of both languages), or
     a source vocabulary and a target vocabulary; the BPE codes are joint either way."""
-    max_tokens: Annotated[int, Field(ge=4)] = 100
+    max_tokens: Annotated[int, Field(ge=4, le=MAX_LENGTH)] = 100
     """Pairs whose BPE source or target is longer are dropped from train (never from valid/test)."""
-    seed: int = 1
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 1
 
 
 class LanguageModelTaskConfig(Frozen):
@@ -162,11 +196,11 @@ class LanguageModelTaskConfig(Frozen):
     corpus: Literal["wikitext2"] = "wikitext2"
     path: Optional[str] = None
     """A folder with the user's own wiki.{train,valid,test}.tokens; replaces the download."""
-    train_tokens: Optional[Annotated[int, Field(ge=1000)]] = None
+    train_tokens: Optional[Annotated[int, Field(ge=1000, le=MAX_TOKENS)]] = None
     """Keep only the first this many tokens of the training stream (null: all of it), so
     an epoch fits the smoke scale; the vocabulary still comes from the whole training
     file, and the data card records the cut."""
-    eval_tokens: Optional[Annotated[int, Field(ge=1000)]] = None
+    eval_tokens: Optional[Annotated[int, Field(ge=1000, le=MAX_TOKENS)]] = None
     """The same for the validation and test streams (null: all of them)."""
 
 
@@ -198,20 +232,20 @@ class ModelConfig(Frozen):
     """
 
     arch: Literal["encoder_decoder", "gpt", "lstm"] = "encoder_decoder"
-    d_model: Annotated[int, Field(ge=1)] = 64
-    n_heads: Annotated[int, Field(ge=1)] = 2
-    n_encoder_layers: Annotated[int, Field(ge=1)] = 2
-    n_decoder_layers: Annotated[int, Field(ge=1)] = 2
-    n_layers: Annotated[int, Field(ge=1)] = 2
-    hidden_size: Optional[Annotated[int, Field(ge=1)]] = None
+    d_model: Annotated[int, Field(ge=1, le=MAX_WIDTH)] = 64
+    n_heads: Annotated[int, Field(ge=1, le=MAX_HEADS)] = 2
+    n_encoder_layers: Annotated[int, Field(ge=1, le=MAX_LAYERS)] = 2
+    n_decoder_layers: Annotated[int, Field(ge=1, le=MAX_LAYERS)] = 2
+    n_layers: Annotated[int, Field(ge=1, le=MAX_LAYERS)] = 2
+    hidden_size: Optional[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = None
     tie_embeddings: bool = False
     lstm_impl: Literal["fused", "scratch"] = "fused"
-    d_ff: Annotated[int, Field(ge=1)] = 256
+    d_ff: Annotated[int, Field(ge=1, le=MAX_FF)] = 256
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     attention: Literal["manual", "sdpa"] = "sdpa"
     norm: Literal["pre", "post"] = "pre"
     positions: Literal["learned", "sinusoidal"] = "learned"
-    max_len: Annotated[int, Field(ge=2)] = 64
+    max_len: Annotated[int, Field(ge=2, le=MAX_LENGTH)] = 64
     """Longest sequence the position table covers (transformers)."""
     init: InitConfig = InitConfig()
 
@@ -236,32 +270,33 @@ class TrainConfig(Frozen):
     lr: Annotated[float, Field(gt=0)] = 1.0
     """noam: the factor of Vaswani et al.'s eq. 3 (1.0 in the paper); cosine, constant: the peak rate."""
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    betas: tuple[float, float] = (0.9, 0.98)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.98)
+    """Adam's (beta1, beta2), each in [0, 1) (Kingma & Ba 2015, Algorithm 1)."""
     eps: Annotated[float, Field(gt=0)] = 1e-9
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     schedule: Literal["noam", "cosine", "constant"] = "noam"
-    warmup_steps: Annotated[int, Field(ge=0)] = 400
+    warmup_steps: Annotated[int, Field(ge=0, le=MAX_STEPS)] = 400
     min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.0
-    max_steps: Optional[Annotated[int, Field(ge=1)]] = 1000
-    epochs: Optional[Annotated[int, Field(ge=1)]] = None
+    max_steps: Optional[Annotated[int, Field(ge=1, le=MAX_STEPS)]] = 1000
+    epochs: Optional[Annotated[int, Field(ge=1, le=MAX_EPOCHS)]] = None
     """Train for this many passes over the training data instead of max_steps (set one of the two)."""
-    bptt: Annotated[int, Field(ge=2)] = 35
+    bptt: Annotated[int, Field(ge=2, le=MAX_LENGTH)] = 35
     """Language models: tokens per segment (truncated backpropagation through time)."""
-    batch_size: Annotated[int, Field(ge=1)] = 100
-    batch_tokens: Optional[Annotated[int, Field(ge=1)]] = None
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 100
+    batch_tokens: Optional[Annotated[int, Field(ge=1, le=MAX_BATCH_TOKENS)]] = None
     """Seq2seq on real text: length-bucketed batches of about this many target tokens
     instead of batch_size sentences."""
-    micro_batches: Annotated[int, Field(ge=1)] = 1
-    beam_size: Annotated[int, Field(ge=1)] = 1
+    micro_batches: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 1
+    beam_size: Annotated[int, Field(ge=1, le=MAX_BEAM)] = 1
     """Beam width of held-out decoding (1 = greedy)."""
     clip_grad_norm: Optional[Annotated[float, Field(gt=0)]] = 1.0
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    eval_every: Optional[Annotated[int, Field(ge=1)]] = 100
+    eval_every: Optional[Annotated[int, Field(ge=1, le=MAX_STEPS)]] = 100
     """Steps between evaluations; null: at the end of every epoch."""
-    eval_examples: Annotated[int, Field(ge=1)] = 500
-    checkpoint_every: Annotated[int, Field(ge=1)] = 100
-    seed: int = 0
+    eval_examples: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] = 500
+    checkpoint_every: Annotated[int, Field(ge=1, le=MAX_STEPS)] = 100
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
@@ -282,7 +317,7 @@ class RunConfig(Frozen):
     dataset: Name
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
-    seeds: Annotated[int, Field(ge=1)] = 1
+    seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)] = 1
     """Seeds train.seed, train.seed + 1, ...: each trains in its own `seed-<n>/` folder."""
     grid: Optional[str] = None
     variant: dict[str, Any] = {}
@@ -365,7 +400,7 @@ class StudyConfig(Frozen):
     dataset: Optional[Name] = None
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
-    seeds: Annotated[int, Field(ge=1)] = 1
+    seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)] = 1
     runs: dict[str, dict[str, Any]] = {}
     """Run name -> overrides of the study's defaults (same keys: dataset, model, train, seeds)."""
     grids: dict[str, GridConfig] = {}

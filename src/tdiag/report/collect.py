@@ -9,6 +9,7 @@ import pandas as pd
 
 from tdiag import atomic, paths
 from tdiag.config import Config
+from tdiag.errors import UserError
 
 
 def _flatten(prefix: str, obj: dict) -> dict:
@@ -94,11 +95,18 @@ def load_samples(root: str | Path, study: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+class UnfinishedStudy(UserError):
+    """`collect` on a study some of whose runs have not finished."""
+
+
 def write_study_table(cfg: Config, study: str, root: Path = Path(".")) -> Path:
     runs = load_runs(root, study)
-    missing = sorted(set(cfg.run_names(study)) - set(runs.get("run", [])))
+    missing = [run for run in cfg.run_names(study) if run not in set(runs.get("run", []))]
     if missing:
-        raise FileNotFoundError(f"study {study}: runs without summary.json: {', '.join(missing)}")
+        raise UnfinishedStudy(
+            f"study '{study}' is not finished: {len(missing)} of {len(cfg.run_names(study))} runs have no "
+            f"summary.json yet ({', '.join(missing)}); train them first (`tdiag train {study} <run>` or snakemake)"
+        )
     out = root / paths.study_table(study)
     with atomic.atomic_path(out) as tmp:
         runs.to_csv(tmp, index=False)
