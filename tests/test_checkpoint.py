@@ -23,6 +23,7 @@ import torch
 from conftest import REPO, tdiag
 from tdiag import atomic, config
 from tdiag.config import ConfigError, ModelConfig, TrainConfig
+from tdiag.errors import UserError
 from tdiag.models import build_model
 from tdiag.train import checkpoint, memory_estimate
 from tdiag.train.loop import train_run
@@ -99,6 +100,13 @@ def test_a_planted_checkpoint_runs_no_code_and_the_run_starts_over(tiny_project:
     assert "starting from step 0" in warning[0]
     assert "could not be read" in (tiny_project / SEED0 / "log").read_text()
     assert result["per_seed"][0]["resumed_from"] == [] and first_train_step(tiny_project) == 1
+
+
+def test_a_folder_at_the_checkpoint_path_is_one_user_error(tiny_project: Path):
+    (tiny_project / SEED0 / "checkpoint.pt").mkdir(parents=True)
+    with pytest.raises(UserError, match="checkpoint.pt is a folder where a file belongs"):
+        short_run(tiny_project)
+    assert (tiny_project / SEED0 / "checkpoint.pt").is_dir()
 
 
 def _truncated(path: Path) -> None:

@@ -457,7 +457,7 @@ class DataConfig(Frozen):
 
 class DevicesConfig(Frozen):
     lock_dir: Optional[str] = None
-    """Folder of per-GPU lock files shared by every job on the machine (default: <tmp>/tdiag-gpu-locks)."""
+    """Folder of per-GPU lock files shared by every job on the machine (default: /tmp/tdiag-gpu-locks, whatever TMPDIR is)."""
 
 
 class Config(Frozen):

@@ -152,6 +152,9 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
         if done.get("config_digest") == digest:
             log.info("seed %d already finished (%s): kept", files.seed, done["status"])
             return done
+    for path in (files.config, files.metrics, files.checkpoint, files.summary):
+        if path.is_dir():  # planted or mistaken: no file can be written or read there
+            raise UserError(f"{path} is a folder where a file belongs; move it away and rerun")
     files.summary.unlink(missing_ok=True)
     for path in (files.config, files.metrics, files.checkpoint, files.summary):
         atomic.remove_temporaries(path)  # left by a kill during a write
