@@ -12,7 +12,7 @@ import torch
 from tdiag import paths
 from tdiag.config import LanguageModelTaskConfig, SymbolTaskConfig, TrainConfig
 from tdiag.data import language_model, synthetic
-from tdiag.train import loop
+from tdiag.train import checkpoint, loop
 from tdiag.train.language_model_workload import LanguageModelWorkload
 from tdiag.train.seq2seq_workload import Seq2SeqWorkload
 from tdiag.train.workload import StepBatch, Workload
@@ -45,8 +45,10 @@ def _protocol_methods() -> dict[str, inspect.Signature]:
 
 
 def test_the_protocol_declares_what_the_loop_uses():
+    """The loop, and the checkpoint restore it calls (which restores the workload's state)."""
     declared = set(_protocol_methods()) | set(Workload.__annotations__) | {"vocab_sizes"}
-    used = set(re.findall(r"\bworkload\.(\w+)", inspect.getsource(loop)))
+    source = inspect.getsource(loop) + inspect.getsource(checkpoint)
+    used = set(re.findall(r"\bworkload\.(\w+)", source))
     assert used == declared
 
 
