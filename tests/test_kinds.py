@@ -58,7 +58,7 @@ def test_each_kinds_stages_use_its_verbs_and_end_with_its_files():
         assert {" ".join(st.args[:2]) for st in stages} <= set(kind.verbs), name
         assert all(st.args[2] == name for st in stages)
         assert stages[-1].outs[-len(kind.files(name)):] == kind.files(name), name
-        assert kind.files(name)[-1] == str(kind.meta_file(name)) == str(paths.meta_file(kind.dataset_dir(name)))
+        assert kind.files(name)[-1] == str(kind.meta_file(name)) == str(paths.meta_file(kind.folder(name)))
 
 
 @pytest.mark.parametrize("module", ["plan.py", "cli.py", "train/loop.py"])

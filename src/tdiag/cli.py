@@ -96,9 +96,7 @@ def run(argv: list[str]) -> int:
         write_study_table(cfg, args.study, root)
     elif args.verb == "report":
         from tdiag.report import render
-        from tdiag.plan import REPORT_INDEX
-
-        if args.study == REPORT_INDEX:
+        if args.study == paths.REPORT_INDEX:
             paths.inside(root, paths.report_index())
             render.render_index(cfg, root)
         else:
@@ -130,7 +128,7 @@ def _dataset_action(cfg, name: str, verb: str, root: Path):
     action = kind.action(verb)
     if action is None:
         raise ConfigError(f"`tdiag {verb}` does not apply to dataset '{name}' (task {ds.task})")
-    paths.inside(root, kind.dataset_dir(name))
+    paths.inside(root, kind.folder(name))
     return ds, action
 
 

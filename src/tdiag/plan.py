@@ -21,7 +21,6 @@ from tdiag.digest import json_digest
 from tdiag.data.kinds import corpus_files, kind_of
 from tdiag.stage import Stage, source_files, stage_name
 
-REPORT_INDEX = paths.REPORT_INDEX
 
 TRAIN_CODE = source_files(
     "data/batching.py",
@@ -146,7 +145,7 @@ def stages(cfg: Config) -> list[Stage]:
     out.append(
         Stage(
             name="report_index",
-            args=("report", REPORT_INDEX),
+            args=("report", paths.REPORT_INDEX),
             deps=tuple(pages) + tuple(tables) + INDEX_CODE,
             outs=(str(paths.report_index()),),
             params=("scale",),

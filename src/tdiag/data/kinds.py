@@ -82,9 +82,6 @@ class DatasetKind:
         """Its data stages in dependency order (the corpora's fetch stages excluded)."""
         raise NotImplementedError
 
-    def dataset_dir(self, name: str) -> Path:
-        return self.folder(name)
-
     def meta_file(self, name: str) -> Path:
         return paths.meta_file(self.folder(name))
 

@@ -118,7 +118,7 @@ def train_run(cfg: Config, study: str, run: str, *, root: Path = Path("."), rest
         reason = devices.supports_precision(choice.device, rc.train.precision)
         if reason:
             raise ConfigError(f"studies.{study}.runs.{run}.train.precision: {reason}")
-        workload = kind.workload(root / kind.dataset_dir(rc.dataset), meta, rc.train, choice.device)
+        workload = kind.workload(root / kind.folder(rc.dataset), meta, rc.train, choice.device)
         memory_estimate.check(f"studies.{study}.runs.{run}", rc.model, rc.train, workload.vocab_sizes, choice.device)
 
         run_summary = root / paths.run_summary(study, run)
