@@ -67,7 +67,7 @@ def _tiny_wmt14(params: dict) -> None:
     params["datasets"]["wmt14_en_fr"].update(n_train=64, n_valid=8, n_test=8, bpe_merges=200)
     wmt14 = params["studies"]["wmt14"]
     wmt14["model"].update(d_model=16, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, d_ff=32)
-    wmt14["train"].update(max_steps=30, eval_every=15, eval_examples=8, checkpoint_every=15, warmup_steps=10,
+    wmt14["train"].update(lr=1.0e-3, max_steps=30, eval_every=15, eval_examples=8, checkpoint_every=15, warmup_steps=10,
                           batch_tokens=400, beam_size=2)
 
 

@@ -14,7 +14,17 @@ from pydantic import ValidationError
 
 from conftest import tiny_params
 from tdiag import devices, plan
-from tdiag.config import MIRROR_ENV, Config, ConfigError, RunConfig, apply_overrides, load, parse_override, validate
+from tdiag.config import (
+    MIRROR_ENV,
+    Config,
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    load,
+    overrides_from_mapping,
+    parse_override,
+    validate,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
@@ -169,7 +179,7 @@ def test_misspelled_run_key_in_a_scales_section_names_the_scales_path(raw, scale
         ("studies.toy.train.schedule", "linear", ("noam", "cosine", "constant")),
         ("studies.toy.model.norm", "mid", ("pre", "post")),
         ("studies.toy.runs.copy.model.attention", "flash", ("manual", "sdpa")),
-        ("scales.full.studies.toy.train.precision", "fp8", ("fp32", "bf16", "fp16")),
+        ("scales.full.studies.wmt14.train.precision", "fp8", ("fp32", "bf16", "fp16")),
         ("datasets.copy.task", "sort", ("copy", "reverse")),
     ],
 )
@@ -404,10 +414,65 @@ def test_misspelled_override_is_refused():
         load(PARAMS, ["studies.toy.train.lrr=0.1"], env={})
 
 
+def _edited(raw: dict, dotted: str, value) -> dict:
+    """`raw` with one key set as an edit of the file (or `dvc exp run -S`) would."""
+    return apply_overrides(raw, [f"{dotted}={yaml.safe_dump(value, default_flow_style=True).strip()}"])
+
+
 @pytest.mark.parametrize("scale", ["smoke", "full"])
-def test_override_beats_the_scale_section(scale):
-    cfg = load(PARAMS, [f"scale={scale}", "studies.toy.train.max_steps=50"], env={})
-    assert cfg.run("toy", "copy").train.max_steps == 50
+def test_an_override_means_one_thing_by_every_route(raw, scale):
+    """`tdiag --set`, Snakemake's `--config` (a nested mapping) and an edit of the file
+    (what `dvc exp run -S` does) resolve to the same runs."""
+    raw["scale"] = scale
+    by_set = validate(raw, ["studies.toy.train.lr=0.25", "studies.toy.runs.copy.train.warmup_steps=7"], env={})
+    mapping = {"studies": {"toy": {"train": {"lr": 0.25}, "runs": {"copy": {"train": {"warmup_steps": 7}}}}}}
+    by_config = validate(raw, overrides_from_mapping(mapping), env={})
+    by_edit = validate(_edited(_edited(raw, "studies.toy.train.lr", 0.25), "studies.toy.runs.copy.train.warmup_steps", 7), env={})
+    for run in by_set.run_names("toy"):
+        assert by_set.run("toy", run) == by_config.run("toy", run) == by_edit.run("toy", run)
+    assert by_set.run("toy", "copy").train.lr == 0.25 and by_set.run("toy", "copy").train.warmup_steps == 7
+
+
+@pytest.mark.parametrize("scale", ["smoke", "full"])
+def test_overriding_a_key_held_per_scale_names_the_scale_key_by_every_route(raw, scale):
+    raw["scale"] = scale
+    wanted = f"'scales.{scale}.studies.toy.train.max_steps'"
+    messages = [
+        _error_with(raw, ["studies.toy.train.max_steps=20"]),
+        _error_with(raw, overrides_from_mapping({"studies": {"toy": {"train": {"max_steps": 20}}}})),
+        _error(_edited(raw, "studies.toy.train.max_steps", 20)),
+    ]
+    for message in messages:
+        assert message.startswith("'studies.toy.train.max_steps' is held per scale") and wanted in message
+
+
+def _error_with(raw: dict, overrides: list[str]) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate(raw, overrides, env={})
+    return str(info.value)
+
+
+def test_a_scale_key_override_changes_that_scale_only(raw):
+    overrides = ["scales.smoke.studies.toy.train.max_steps=20"]
+    smoke = validate({**raw, "scale": "smoke"}, overrides, env={})
+    full = validate({**raw, "scale": "full"}, overrides, env={})
+    assert smoke.run("toy", "copy").train.max_steps == 20
+    assert full.run("toy", "copy").train.max_steps == raw["scales"]["full"]["studies"]["toy"]["train"]["max_steps"]
+    # a run's own per-scale value stays more specific than the study's
+    assert smoke.run("toy", "pairwise_sum").train.max_steps == 1200
+
+
+def test_the_committed_scales_hold_the_same_keys(raw):
+    """Each key held per scale has a value at both scales, so no scale falls back to a
+    schema default the other overrides."""
+    def leaves(node, path=()):
+        if isinstance(node, dict) and node:
+            return {leaf for key, value in node.items() for leaf in leaves(value, path + (key,))}
+        return {path}
+
+    smoke, full = (leaves(raw["scales"][s]) for s in ("smoke", "full"))
+    toy_runs = {p for p in smoke ^ full if p[:4] == ("studies", "toy", "runs", p[3] if len(p) > 3 else None)}
+    assert smoke ^ full == toy_runs  # only smoke shortens three toy runs
 
 
 # --------------------------------------------------------------------- digest

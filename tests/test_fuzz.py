@@ -178,6 +178,7 @@ def test_grid_check_across_keys_blames_the_part_that_fails():
 
 def test_betas_element_in_a_scale_section_names_the_scale_path():
     raw = tiny_params({"scales": {"smoke": {"studies": {"toy": {"train": {"betas": [0.9, "x"]}}}}}})
+    del raw["studies"]["toy"]["train"]["betas"]  # held per scale, not in the common study
     assert "'scales.smoke.studies.toy.train.betas.1'" in _message(raw)
 
 

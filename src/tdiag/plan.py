@@ -19,37 +19,18 @@ from tdiag import paths
 from tdiag.config import Config, ConfigError
 from tdiag.digest import json_digest
 from tdiag.data.kinds import corpus_files, kind_of
-from tdiag.stage import Stage, source_files, stage_name
+from tdiag.stage import TRAINING, Stage, notebook_modules, source_files, stage_name
 
 
-TRAIN_CODE = source_files(
-    "data/batching.py",
-    "data/bpe.py",
-    "data/language_model.py",
-    "data/wmt14.py",
-    "digest.py",
-    "models/__init__.py",
-    "models/attention.py",
-    "models/decoding.py",
-    "models/gpt.py",
-    "models/init.py",
-    "models/lstm.py",
-    "models/modes.py",
-    "models/transformer.py",
-    "train/checkpoint.py",
-    "train/language_model_workload.py",
-    "train/loop.py",
-    "train/metrics.py",
-    "train/optim.py",
-    "train/seq2seq_workload.py",
-    "train/workload.py",
-)
-# Every report module, whichever a study's notebook imports (found next to this file,
-# so the list is the same wherever the project is checked out).
-REPORT_CODE = source_files(
-    *sorted(f"report/{p.name}" for p in (Path(__file__).parent / "report").glob("*.py") if p.name != "__init__.py")
-)
-INDEX_CODE = source_files("report/index.py", "report/render.py")
+TRAIN_CODE = source_files(TRAINING)
+INDEX_CODE = source_files("report/index.py")
+
+
+def _report_code(study: str) -> tuple[str, ...]:
+    """What rendering a study's page runs: the modules its notebook imports and the renderer."""
+    notebook = paths.notebook(study)
+    # A missing notebook is named by the stage's own missing input, not here.
+    return source_files("report/render.py", *(notebook_modules(notebook) if notebook.is_file() else ()))
 
 
 def _fetch_stage(corpus: str) -> Stage:
@@ -110,7 +91,7 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
         Stage(
             name=stage_name("report", study),
             args=("report", study),
-            deps=(table, str(paths.notebook(study))) + tuple(summaries) + REPORT_CODE,
+            deps=(table, str(paths.notebook(study))) + tuple(summaries) + _report_code(study),
             outs=(str(paths.executed_notebook(study)), str(paths.report_page(study))),
         )
     )

@@ -6,11 +6,18 @@ their own data stages.
 
 from __future__ import annotations
 
+import ast
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
+
+from tdiag.digest import json_digest
 
 PACKAGE_DIR = Path("src") / "tdiag"
+TRAINING = "train/loop.py"
+"""The module a training stage runs: its imports are the stage's code."""
 
 
 def stage_name(verb: str, *names: str) -> str:
@@ -20,8 +27,93 @@ def stage_name(verb: str, *names: str) -> str:
 
 
 def source_files(*modules: str) -> tuple[str, ...]:
-    """Source files a stage's output depends on, so editing them reruns the stage."""
-    return tuple(str(PACKAGE_DIR / m) for m in modules)
+    """Every source file a stage's command runs: the files of `modules` (paths below
+    src/tdiag, e.g. `train/loop.py`) and of each tdiag module they import, directly or
+    not, packages' `__init__.py` included. Found by reading the import statements, so a
+    stage's code dependencies are derived, never a hand-kept list; editing any of these
+    files reruns the stage."""
+    return tuple(str(PACKAGE_DIR / rel) for rel in _closure(modules))
+
+
+def code_digest(*modules: str) -> str:
+    """A digest of the contents of `source_files(*modules)`: a finished seed or a
+    checkpoint is kept only for the code that made it, as for its configuration."""
+    return json_digest({rel: (_SOURCE_ROOT / rel).read_text() for rel in _closure(modules)})
+
+
+def _closure(modules: tuple[str, ...]) -> list[str]:
+    found: set[str] = set()
+    for module in modules:
+        _collect(_module_name(module), found)
+    return sorted(found)
+
+
+def notebook_modules(notebook: Path) -> tuple[str, ...]:
+    """The tdiag modules a notebook's code cells import, as paths for `source_files`."""
+    cells = json.loads(Path(notebook).read_text())["cells"]
+    code = "\n".join("".join(cell["source"]) for cell in cells if cell["cell_type"] == "code")
+    lines = [line for line in code.splitlines() if not line.lstrip().startswith(("%", "!"))]  # IPython magics
+    names: set[str] = set()
+    for name in _imported(ast.parse("\n".join(lines)), package=""):
+        _collect(name, names)
+    return tuple(sorted(names))
+
+
+_SOURCE_ROOT = Path(__file__).resolve().parent  # src/tdiag, wherever the project is checked out
+
+
+def _module_name(rel: str) -> str:
+    return ".".join(("tdiag", *Path(rel).with_suffix("").parts)).removesuffix(".__init__")
+
+
+def _file_of(name: str) -> Optional[str]:
+    """The path below src/tdiag of tdiag module `name`, or None (not a tdiag module)."""
+    if name != "tdiag" and not name.startswith("tdiag."):
+        return None
+    parts = name.split(".")[1:]
+    for rel in (Path(*parts, "__init__.py") if parts else Path("__init__.py"), Path(*parts).with_suffix(".py") if parts else None):
+        if rel is not None and (_SOURCE_ROOT / rel).is_file():
+            return rel.as_posix()
+    return None
+
+
+def _collect(name: str, found: set[str]) -> None:
+    """Add the file of module `name`, its packages' and those of everything it imports."""
+    parts = name.split(".")
+    for depth in range(1, len(parts) + 1):
+        rel = _file_of(".".join(parts[:depth]))
+        if rel is None or rel in found:
+            continue
+        found.add(rel)
+        package = ".".join(parts[:depth]) if rel.endswith("__init__.py") else ".".join(parts[: depth - 1])
+        for imported in _imported(ast.parse((_SOURCE_ROOT / rel).read_text()), package):
+            _collect(imported, found)
+
+
+_NAMED_ATTRIBUTE = re.compile(r"(tdiag(?:\.\w+)+):\w+")
+"""A "module:attribute" string, imported on demand (the dataset kinds' registry)."""
+
+
+def _imported(tree: ast.AST, package: str) -> set[str]:
+    """Module names imported anywhere in `tree` (function bodies too), relative imports
+    resolved against `package`; `from m import x` names `m.x` too, in case x is a module;
+    and the modules of "tdiag.module:attribute" strings, which are imported by name."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            named = _NAMED_ATTRIBUTE.fullmatch(node.value)
+            if named:
+                names.add(named.group(1))
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
 
 
 @dataclass(frozen=True)

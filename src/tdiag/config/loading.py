@@ -1,10 +1,15 @@
-"""Loading params.yaml: the file, then the `scales.<scale>` section, then overrides.
+"""Loading params.yaml: the common sections, the `scales.<scale>` section, then overrides.
 
-Both scale sections are validated on every load, runs included, so a typo in the
-section not in use fails now rather than on another machine. Each distinct merged
-mapping is validated once: the file itself, and each scale's merge (unless the section
-changes nothing); a run is validated again only where a scale section changed it. The
-chosen scale's Config and resolved runs are kept, so `Config.run` is a lookup.
+A key is set in one place: in the common sections (the same at every scale) or under
+`scales.smoke` and `scales.full` (a value per scale), never both. So an override
+(`tdiag --set`, Snakemake's `--config`, `dvc exp run -S`, or an edit of the file) means
+one thing whatever the route: it sets that key, and a key that is held per scale
+stops the load with one line naming the scale key to set instead.
+
+Both scales are validated on every load, runs included, so a typo in the section not
+in use fails now rather than on another machine. Each distinct merged mapping is
+validated once, and a run again only where the second scale changed it. The chosen
+scale's Config and resolved runs are kept, so `Config.run` is a lookup.
 """
 
 from __future__ import annotations
@@ -42,35 +47,44 @@ def load(path: str | Path = "params.yaml", overrides: list[str] = (), *, env: Op
 def validate(raw: Any, overrides: list[str] = (), *, env: Optional[dict] = None) -> Config:
     """Validate a parsed params mapping into a frozen Config with every run resolved.
 
-    `overrides` (`key.path=value`) win over both the file and its `scales` section.
+    `overrides` (`key.path=value`) set keys of the file as an edit would, the
+    `scales` sections' included.
     """
     env = os.environ if env is None else env
     if not isinstance(raw, dict):
         raise ConfigError("params must be a mapping of sections (scale, data, datasets, studies, ...)")
     if "resolved_scale" in raw:
         raise ConfigError("unknown key 'resolved_scale' (it is computed, not set)")
-    raw = apply_overrides(raw, list(overrides))  # so `--set scale=...` picks the scale
+    raw = apply_overrides(raw, list(overrides))
     sections = raw.get("scales") or {}
     if not isinstance(sections, dict):
         raise ConfigError("bad value for 'scales': must be a mapping of smoke/full sections")
-    file_only = {k: v for k, v in raw.items() if k != "scales"}
-    base = _validated(raw, "")
-    base_runs = _resolve_all(base, "", {})
-    scaled: dict[str, tuple[Config, Resolved]] = {}
-    for scale in SCALES:
+    unknown = [name for name in sections if name not in SCALES]
+    if unknown:
+        raise ConfigError(f"unknown key 'scales.{unknown[0]}'; allowed keys: {', '.join(SCALES)}")
+    common = {k: v for k, v in raw.items() if k != "scales"}
+    for scale in sorted(SCALES, key=lambda s: s != common.get("scale")):  # the named scale's clash first
         section = sections.get(scale) or {}
         if not isinstance(section, dict):
             raise ConfigError(f"bad value for 'scales.{scale}': must be a mapping")
-        merged = deep_merge(file_only, section)
-        if merged == file_only:  # the section changes nothing: its Config is the file's
-            scaled[scale] = (base, base_runs)
+        for key in ("scale", "scales"):
+            if key in section:
+                raise ConfigError(f"unknown key 'scales.{scale}.{key}': a scale section holds values per scale, not '{key}'")
+        _refuse_keys_set_twice(common, section, scale)
+    scaled: dict[str, tuple[Config, Resolved]] = {}
+    previous: Optional[tuple[dict, Config, Resolved]] = None
+    for scale in SCALES:
+        section = sections.get(scale) or {}
+        merged = deep_merge(common, section)
+        if previous is not None and previous[0] == merged:  # the sections agree: validated already
+            scaled[scale] = previous[1:]
             continue
-        cfg = _validated(apply_overrides(merged, list(overrides)), f"scales.{scale}", keys_in=section)
-        if _run_names(cfg) != _run_names(base):
-            raise ConfigError(f"'scales.{scale}' may change sizes but not which datasets, studies or runs exist")
-        # The file's runs resolved above, so a failure here comes from this section.
-        scaled[scale] = (cfg, _resolve_all(cfg, f"scales.{scale}.", base_runs))
-    chosen = _resolve_scale(base.scale)
+        cfg = _validated(merged, scale, section, common)
+        resolved = _resolve_all(cfg, scale, section, common, previous[2] if previous else {})
+        scaled[scale] = (cfg, resolved)
+        previous = (merged, cfg, resolved)
+    _refuse_scale_dependent_runs(common, sections, {s: scaled[s][0] for s in SCALES})
+    chosen = _resolve_scale(scaled[SCALES[0]][0].scale)
     cfg, resolved = scaled[chosen]
     # Computed values of known-valid types: set on the validated Config, not revalidated.
     update: dict[str, Any] = {"resolved_scale": chosen, "scales": sections}
@@ -84,6 +98,59 @@ def validate(raw: Any, overrides: list[str] = (), *, env: Optional[dict] = None)
     return cfg
 
 
+def _refuse_keys_set_twice(common: dict, section: dict, scale: str, path: tuple = ()) -> None:
+    """A key the scale section sets must not also be set in the common sections: one of
+    the two values would be silently ignored."""
+    for key, value in section.items():
+        if key not in common:
+            continue
+        here = path + (key,)
+        if isinstance(value, dict) and isinstance(common[key], dict):
+            _refuse_keys_set_twice(common[key], value, scale, here)
+            continue
+        dotted = ".".join(map(str, here))
+        raise ConfigError(
+            f"'{dotted}' is held per scale, so it cannot also be set for every scale: "
+            f"set 'scales.{scale}.{dotted}' (and 'scales.{_other(scale)}.{dotted}') instead"
+        )
+
+
+def _other(scale: str) -> str:
+    return next(s for s in SCALES if s != scale)
+
+
+def _refuse_scale_dependent_runs(common: dict, sections: dict, cfgs: dict[str, Config]) -> None:
+    """The scales may change sizes and values but not which datasets, studies or runs
+    exist, so the stage list is the same on every machine. The section named is the one
+    that declares a name the common sections lack, or else the one that sets the `vary`
+    of a grid whose size differs."""
+    smoke, full = (_run_names(cfgs[s]) for s in SCALES)
+    if smoke == full:
+        return
+    at_fault = [s for s in SCALES if _declared_names(deep_merge(common, sections.get(s) or {})) != _declared_names(common)]
+    if not at_fault:
+        differing = {(study, run.rsplit("-", 1)[0]) for study, runs in set(smoke[1]) ^ set(full[1]) for run in runs}
+        at_fault = [
+            s for s in SCALES
+            if any(_walk_keys(sections.get(s) or {}, ["studies", study, "grids", grid, "vary"])[1] for study, grid in differing)
+        ] or list(SCALES)
+    named = f"'scales.{at_fault[0]}'" if len(at_fault) == 1 else "'scales.smoke' and 'scales.full'"
+    raise ConfigError(f"{named} may change sizes but not which datasets, studies or runs exist")
+
+
+def _declared_names(raw: dict) -> tuple:
+    """Dataset, study, run and grid names as written (a grid's size may come from a scale)."""
+    studies = raw.get("studies") if isinstance(raw.get("studies"), dict) else {}
+    return (
+        sorted(raw.get("datasets") or {}),
+        sorted(
+            (s, sorted((st or {}).get("runs") or {}), sorted((st or {}).get("grids") or {}))
+            for s, st in studies.items()
+            if isinstance(st, dict)
+        ),
+    )
+
+
 def _resolve_scale(requested: str) -> str:
     if requested != "auto":
         return requested
@@ -92,13 +159,30 @@ def _resolve_scale(requested: str) -> str:
     return "full" if devices.cuda_available() else "smoke"
 
 
-def _validated(raw: dict, prefix: str, keys_in: Optional[dict] = None) -> Config:
+def _validated(merged: dict, scale: str, section: dict, common: dict) -> Config:
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(merged)
     except ValidationError as err:
-        # Report the error under `scales.<scale>` only when that section set the key.
-        inside = keys_in is not None and _walk_keys(keys_in, key_path(err, Config))[1]
-        raise ConfigError(format_error(err, prefix if inside else "", Config)) from None
+        inside = _section_at_fault(section, common, key_path(err, Config))
+        raise ConfigError(format_error(err, f"scales.{scale}" if inside else "", Config)) from None
+
+
+NAMED_MAPPINGS = ("datasets", "studies", "runs", "grids")
+"""Mappings whose keys are names (checked as names, so an error there is about a key)."""
+
+
+def _section_at_fault(section: Any, common: Any, loc: list) -> bool:
+    """Whether an error at `loc` is named under the scale's section: where the section set
+    the key. A check across the keys of a mapping both set is named where it is common,
+    unless it is a mapping of names to which the section added one."""
+    node, there = _walk_keys(section, loc)
+    if not there:
+        return False
+    in_common, common_there = _walk_keys(common, loc)
+    if not (isinstance(node, dict) and common_there):
+        return True
+    added = isinstance(in_common, dict) and not set(node) <= set(in_common)
+    return bool(loc) and loc[-1] in NAMED_MAPPINGS and added
 
 
 def _walk_keys(node: Any, path: list) -> tuple[Any, bool]:
@@ -127,37 +211,78 @@ def _run_names(cfg: Config) -> tuple:
     )
 
 
-def _resolve_all(cfg: Config, prefix: str, known: Resolved) -> Resolved:
+def _resolve_all(cfg: Config, scale: str, section: dict, common: dict, known: Resolved) -> Resolved:
     """Every run of every study: its merged mapping and that mapping validated as a RunConfig.
 
-    A run whose mapping equals its mapping in `known` (the file's runs, where a scale
-    section leaves the run as it is) keeps the RunConfig from there.
-    `prefix` goes before the key path in errors (e.g. `scales.full.`).
+    A run whose mapping equals its mapping in `known` (the other scale's runs) keeps the
+    RunConfig from there. An error is named under `scales.<scale>` where `section` (that
+    scale's section) set the key at fault rather than the common sections (`common`).
     """
     out: Resolved = {}
     for study, st in cfg.studies.items():
+        in_section, in_common = _study_section(section, study), _study_section(common, study)
         # Only the keys the study sets: an explicit null (e.g. `max_steps: null` beside
         # `epochs`, `eval_every: null`) must reach the run, not fall back to its default.
         defaults = st.model_dump(mode="json", exclude={"runs", "grids", "priority"}, exclude_unset=True)
         for grid_name, grid in st.grids.items():
-            _check_grid_keys(f"{prefix}studies.{study}.grids.{grid_name}", grid)
+            grid_prefix = f"scales.{scale}." if grid_name in (in_section.get("grids") or {}) else ""
+            _check_grid_keys(f"{grid_prefix}studies.{study}.grids.{grid_name}", grid)
         for run, (where, overrides) in st.run_overrides().items():
             mapping = deep_merge(defaults, overrides)
             if (study, run) in known and known[study, run][0] == mapping:
                 out[study, run] = known[study, run]
                 continue
-            here = f"{prefix}studies.{study}.{where}"
             grid_name = where.removeprefix("grids.") if where.startswith("grids.") else None
-            locate = _grid_locator(here, grid_name, st.grids[grid_name], run, defaults) if grid_name else None
+
+            def named(loc: list, kind: str) -> str:
+                """Where the user wrote the run's key `loc` (pydantic error type `kind`)."""
+                prefix = f"scales.{scale}." if _section_sets(in_section, in_common, where, loc) else ""
+                here = f"{prefix}studies.{study}.{where}"
+                located = grid_name and _grid_locator(here, grid_name, st.grids[grid_name], run, defaults)(loc, kind)
+                return located or ".".join([here, *map(str, loc)])
+
             try:
                 rc = RunConfig.model_validate(mapping)
             except ValidationError as err:
-                raise ConfigError(format_error(err, here, RunConfig, locate)) from None
+                raise ConfigError(format_error(err, "", RunConfig, named)) from None
             if rc.dataset not in cfg.datasets:
-                named = (locate and locate(["dataset"], "")) or f"{here}.dataset"
-                raise ConfigError(f"bad value {rc.dataset!r} for '{named}'; allowed: {', '.join(cfg.datasets)}")
+                raise ConfigError(f"bad value {rc.dataset!r} for '{named(['dataset'], '')}'; allowed: {', '.join(cfg.datasets)}")
             out[study, run] = (mapping, rc)
     return out
+
+
+def _study_section(section: dict, study: str) -> dict:
+    return _mapping_at(section, ["studies", study])
+
+
+def _mapping_at(node: dict, path: list) -> dict:
+    """The mapping at `path` in `node`, or an empty one where there is none."""
+    found, there = _walk_keys(node, path)
+    return found if there and isinstance(found, dict) else {}
+
+
+def _section_sets(in_section: dict, in_common: dict, where: str, loc: list) -> bool:
+    """Whether a scale's section of a study set the run key `loc` (rather than the common
+    study): at the study level, in the run's own entry, or (a grid run) in its grid's
+    overrides or varied values."""
+    if loc and _section_at_fault(in_section, in_common, loc):
+        return True
+    parts = where.split(".")
+    entry, there = _walk_keys(in_section, parts)
+    if not there or not isinstance(entry, dict):
+        return False
+    if not where.startswith("grids."):
+        return bool(loc) and _section_at_fault(entry, _mapping_at(in_common, parts), loc)
+    common_overrides = _mapping_at(in_common, parts + ["overrides"])
+    if loc and _section_at_fault(entry.get("overrides") or {}, common_overrides, loc):
+        return True
+    varied = entry.get("vary") if isinstance(entry.get("vary"), dict) else {}
+    for axis, values in varied.items():
+        for dotted in [axis] + [k for v in values or [] if isinstance(v, dict) for k in v]:
+            keys = dotted.split(".")
+            if keys[: len(loc)] == loc or loc[: len(keys)] == keys:
+                return True
+    return False
 
 
 def _check_grid_keys(here: str, grid: GridConfig) -> None:

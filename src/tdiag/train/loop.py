@@ -29,6 +29,7 @@ from tdiag import atomic, devices, paths, provenance
 from tdiag.config import Config, ConfigError, RunConfig
 from tdiag.data.kinds import DatasetKind, kind_of
 from tdiag.errors import UserError
+from tdiag.stage import TRAINING, code_digest
 from tdiag.models import build_model
 from tdiag.train import checkpoint, memory_estimate
 from tdiag.train.checkpoint import TrainState
@@ -146,7 +147,7 @@ def _seed_config(rc: RunConfig, seed: int) -> RunConfig:
 def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, choice, restart) -> dict:
     rc = _seed_config(rc, files.seed)
     tc, device = rc.train, choice.device
-    digest = rc.digest(extra=meta["config"])
+    digest = rc.digest(extra=[meta["config"], code_digest(TRAINING)])
     if not restart and files.summary.exists():
         done = json.loads(files.summary.read_text())
         if done.get("config_digest") == digest:
