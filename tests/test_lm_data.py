@@ -107,3 +107,23 @@ def test_mirror_counts_match_an_independent_count():
     assert ids.numel() == sum(counts.values())
     # Each id occurs as often as its word does: nothing was mapped to <unk> by mistake.
     assert torch.bincount(ids, minlength=len(vocab)).tolist() == [counts[t] for t in vocab.tokens]
+
+
+def test_preparing_twice_writes_the_same_bytes(tmp_path):
+    """The prepared splits are a pure function of the corpus: a rerun of the stage gives
+    DVC unchanged outputs, so nothing downstream reruns for nothing."""
+    from tdiag import paths
+    from tdiag.config import LanguageModelTaskConfig
+    from tdiag.data.language_model import prepare
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split in paths.SPLITS:
+        (corpus / f"wiki.{split}.tokens").write_text(f" = {split} = \n the cat sat \n", encoding="utf-8")
+    cfg = LanguageModelTaskConfig(task="language_model", corpus="wikitext2", path=str(corpus))
+    written = []
+    for run in range(2):
+        prepare("mine", cfg, root=tmp_path)
+        written.append({s: (tmp_path / paths.lm_split("mine", s)).read_bytes() for s in paths.SPLITS})
+    assert written[0] == written[1]
+    assert torch.load(tmp_path / paths.lm_split("mine", "test"), weights_only=True).numel() == 8  # 6 words, 2 <eos>

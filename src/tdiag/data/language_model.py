@@ -19,6 +19,7 @@ the sizes and a data card saying what the text is and where it came from.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import Iterator, Mapping
 import torch
 
 from tdiag import paths
-from tdiag.atomic import atomic_path, write_json
+from tdiag.atomic import write_bytes, write_json
 from tdiag.config import LanguageModelTaskConfig
 from tdiag.data.fetch import fetched
 from tdiag.errors import UserError
@@ -169,8 +170,12 @@ def prepare(name: str, cfg: LanguageModelTaskConfig, root: Path = Path(".")) -> 
         stream = stream[: limits[split]].clone() if limits[split] else stream
         kept[split] = stream.numel()
         unk[split] = round(float((stream == vocab.unk_id).float().mean()), 5) if stream.numel() else 0.0
-        with atomic_path(root / paths.lm_split(name, split)) as tmp:
-            torch.save(stream, tmp)
+        # Saved through a buffer: torch.save names the archive inside after the file it
+        # writes, so saving to a temporary name would give each prepare different bytes
+        # (and DVC a changed output).
+        buffer = io.BytesIO()
+        torch.save(stream, buffer)
+        write_bytes(root / paths.lm_split(name, split), buffer.getvalue())
     vocab.save(root / paths.lm_vocab(name))
     label = data_label(source)
     cut = [f"first {kept[s]:,} of {full[s]:,} {s} tokens" for s in paths.SPLITS if kept[s] < full[s]]
