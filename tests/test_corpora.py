@@ -172,8 +172,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         sent = body[: len(body) // 2] if server.truncate else body
+        server.bytes_sent += len(sent)  # counted first: the client may finish reading before write returns
         self.wfile.write(sent)
-        server.bytes_sent += len(sent)
 
     def log_message(self, *args):
         pass
