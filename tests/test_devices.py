@@ -393,3 +393,58 @@ def test_real_gpu_is_claimed_and_runs_bf16(tmp_path):
         assert product.dtype == torch.bfloat16
         assert peak_memory_bytes(choice.device) > 0
         assert hardware_description()["gpus"]
+
+
+def test_jobs_per_gpu_spreads_over_the_devices_then_shares_them(tmp_path):
+    """Two simulated devices, two jobs each: the first two claims take one slot of each
+    device, the next two share them, and a fifth job waits."""
+    held = [claim_slot(tmp_path, 2, on_wait=_refuse_to_wait, jobs_per_device=2) for _ in range(4)]
+    assert [slot.key for slot in held] == ["0", "1", "0", "1"]
+    assert len({slot.path for slot in held}) == 4
+    with pytest.raises(_Waited):
+        claim_slot(tmp_path, 2, poll_seconds=0.01, on_wait=_refuse_to_wait, jobs_per_device=2)
+    # A job with one job per device still sees each device's first slot as taken.
+    with pytest.raises(_Waited):
+        claim_slot(tmp_path, 2, poll_seconds=0.01, on_wait=_refuse_to_wait)
+    held[0].release()
+    with claim_slot(tmp_path, 2, on_wait=_refuse_to_wait, jobs_per_device=2) as slot:
+        assert slot.key == "0" and slot.path == held[0].path
+    for slot in held[1:]:
+        slot.release()
+
+
+def test_jobs_per_gpu_slots_exclude_across_processes(tmp_path):
+    """Six processes over one simulated device with three slots: never more than three
+    hold it at once."""
+    results = _MP.Queue()
+    workers = [
+        _MP.Process(target=_claim_shared_and_hold, args=(tmp_path, 3, 0.3, results), daemon=True)
+        for _ in range(6)
+    ]
+    for worker in workers:
+        worker.start()
+    intervals = [results.get(timeout=20) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=5)
+        assert worker.exitcode == 0
+    for start, _ in intervals:
+        holding = sum(1 for s, e in intervals if s <= start < e)
+        assert holding <= 3
+    assert max(sum(1 for s, e in intervals if s <= start < e) for start, _ in intervals) >= 2
+
+
+def _claim_shared_and_hold(lock_dir, jobs, hold_seconds, results) -> None:
+    with claim_slot(lock_dir, 1, poll_seconds=0.05, jobs_per_device=jobs):
+        start = time.monotonic()
+        time.sleep(hold_seconds)
+        end = time.monotonic()
+    results.put((start, end))
+
+
+def test_jobs_per_gpu_is_passed_to_the_claim(tmp_path, monkeypatch):
+    env = {}
+    cuda = _FakeCuda(monkeypatch, env, count=1)
+    with claim_slot(tmp_path, ["0"]):  # another job holds the device's first slot
+        choice = select_device(tmp_path, env=env, cuda_count=cuda.count, on_wait=_refuse_to_wait, jobs_per_gpu=2)
+    with choice.slot:
+        assert choice.slot.key == "0" and choice.slot.path.name == "slot-0+1.lock"

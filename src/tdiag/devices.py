@@ -122,28 +122,36 @@ def claim_slot(
     devices: int | Sequence[str],
     poll_seconds: float = 0.5,
     on_wait: Callable[[str], None] | None = None,
+    jobs_per_device: int = 1,
 ) -> Slot:
-    """Claim a free device among `devices`, waiting as long as it takes for one.
+    """Claim a free slot on one of `devices`, waiting as long as it takes for one.
 
     `devices` is the list of device names (`CUDA_VISIBLE_DEVICES` entries) or a number
-    n, meaning "0".."n-1". Jobs exclude each other on every device name they share, so
-    jobs given overlapping lists never hold the same device. `on_wait(message)` is
-    called once, the first time every device is taken, so the caller can log that it is
-    waiting rather than appear hung. An unusable lock folder raises `UserError`.
+    n, meaning "0".."n-1". Each device has `jobs_per_device` slots (small models use a
+    sliver of a modern GPU, so several jobs may share one); the first slot of every
+    device is tried before any device's second, so jobs spread over the devices before
+    they share one. Jobs exclude each other on every slot they share, so jobs given
+    overlapping lists never hold more than that many slots of one device (given the same
+    `jobs_per_device`). `on_wait(message)` is called once, the first time every slot is
+    taken, so the caller can log that it is waiting rather than appear hung. An unusable
+    lock folder raises `UserError`.
     """
     keys = [str(i) for i in range(devices)] if isinstance(devices, int) else list(devices)
     if not keys:
         raise ValueError("claim_slot needs at least one device")
+    if jobs_per_device < 1:
+        raise ValueError(f"jobs_per_device must be at least 1, got {jobs_per_device}")
     told = False
     while True:
         # Made again on every round: a cleaner may remove the folder while we wait.
         _make_shared_dir(lock_dir)
-        for index, key in enumerate(keys):
-            slot = _try_lock(lock_dir, index, key)
-            if slot is not None:
-                return slot
+        for share in range(jobs_per_device):
+            for index, key in enumerate(keys):
+                slot = _try_lock(lock_dir, index, key, share)
+                if slot is not None:
+                    return slot
         if on_wait is not None and not told:
-            on_wait(f"all {len(keys)} GPU slots in {lock_dir} are taken; waiting for a free one")
+            on_wait(f"all {len(keys) * jobs_per_device} GPU slots in {lock_dir} are taken; waiting for a free one")
             told = True
         time.sleep(poll_seconds)
 
@@ -173,14 +181,16 @@ def _make_shared_dir(lock_dir: Path) -> None:
         pass
 
 
-def _slot_path(lock_dir: Path, key: str) -> Path:
-    # Device names are indices, GPU-<uuid>s or MIG names (old ones hold '/').
-    return lock_dir / f"slot-{re.sub(r'[^A-Za-z0-9._-]', '_', key)}.lock"
+def _slot_path(lock_dir: Path, key: str, share: int = 0) -> Path:
+    # Device names are indices, GPU-<uuid>s or MIG names (old ones hold '/'). A device's
+    # first slot keeps the one-job-per-device name, whatever `jobs_per_gpu` is.
+    suffix = f"+{share}" if share else ""
+    return lock_dir / f"slot-{re.sub(r'[^A-Za-z0-9._-]', '_', key)}{suffix}.lock"
 
 
-def _try_lock(lock_dir: Path, index: int, key: str) -> Slot | None:
-    """Lock device `key` if it is free; None when another live job holds it."""
-    path = _slot_path(lock_dir, key)
+def _try_lock(lock_dir: Path, index: int, key: str, share: int = 0) -> Slot | None:
+    """Lock slot `share` of device `key` if it is free; None when another live job holds it."""
+    path = _slot_path(lock_dir, key, share)
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -203,7 +213,7 @@ def _try_lock(lock_dir: Path, index: int, key: str) -> Slot | None:
         # else will open. Lock whatever is at the path now.
         file.close()
     try:
-        guard = _bind_guard(lock_dir, key)
+        guard = _bind_guard(lock_dir, f"{key}+{share}" if share else key)
     except _HeldElsewhere:
         file.close()
         return None
@@ -270,6 +280,7 @@ def select_device(
     env=os.environ,
     cuda_count: Callable[[], int] | None = None,
     on_wait: Callable[[str], None] | None = None,
+    jobs_per_gpu: int = 1,
 ) -> DeviceChoice:
     """Choose the one device for a training job; call once, before any other CUDA work.
 
@@ -282,6 +293,7 @@ def select_device(
     job's GPU. Counting devices does not initialise CUDA (torch counts through NVML until
     then), so the narrowing takes effect; if CUDA was initialised before this call, the
     variable is left alone and the device is addressed by its visible index instead.
+    `jobs_per_gpu` jobs may hold one device at once (`devices.jobs_per_gpu`).
     `cuda_count` replaces `torch.cuda.device_count` so tests can simulate GPUs.
     """
     count_devices = cuda_count or torch.cuda.device_count
@@ -298,7 +310,7 @@ def select_device(
             torch.device("cuda:0"), None, f"cuda:0 (CUDA_VISIBLE_DEVICES={visible})"
         )
     entries = visible_devices(visible, count)
-    slot = claim_slot(lock_dir or default_lock_dir(), entries, on_wait=on_wait)
+    slot = claim_slot(lock_dir or default_lock_dir(), entries, on_wait=on_wait, jobs_per_device=jobs_per_gpu)
     device = _narrow_to(env, visible, slot, count_devices)
     torch.cuda.set_device(device)
     name = torch.cuda.get_device_name(device)

@@ -458,6 +458,8 @@ class DataConfig(Frozen):
 class DevicesConfig(Frozen):
     lock_dir: Optional[str] = None
     """Folder of per-GPU lock files shared by every job on the machine (default: /tmp/tdiag-gpu-locks, whatever TMPDIR is)."""
+    jobs_per_gpu: Annotated[int, Field(ge=1, le=64)] = 1
+    """How many training jobs may share one GPU (the toy models use a sliver of one)."""
 
 
 class Config(Frozen):

@@ -114,7 +114,8 @@ def train_run(cfg: Config, study: str, run: str, *, root: Path = Path("."), rest
     kind = kind_of(cfg.datasets[rc.dataset])  # its files and its workload (batches, loss, evaluation)
     meta = _read_meta(root, rc.dataset, kind)
     _log_to_stderr()  # the run's log file is opened only once the checks have passed
-    choice = devices.select_device(Path(cfg.devices.lock_dir) if cfg.devices.lock_dir else None, on_wait=log.info)
+    choice = devices.select_device(Path(cfg.devices.lock_dir) if cfg.devices.lock_dir else None, on_wait=log.info,
+                                   jobs_per_gpu=cfg.devices.jobs_per_gpu)
     try:
         reason = devices.supports_precision(choice.device, rc.train.precision)
         if reason:
