@@ -137,7 +137,7 @@ else
     check "LM throughput" 120 lm_throughput.log "$PY" benchmarks/lm_throughput.py --corpus "$CORPUS" \
         --precision fp32 bf16 --profile "${SIZE[@]}"
     note "$(grep -E '^(device|fp32:|bf16:|LSTM|GPT)' "$LOGS/lm_throughput.log")"
-    note "$(sed -n '/^profile of/,/^Self CPU time total/p' "$LOGS/lm_throughput.log" | grep -v '^USDT')"
+    note "$(awk '/^profile of/ {on = 1} /^GPT d768/ {on = 0} on && !/^USDT/' "$LOGS/lm_throughput.log")"
 fi
 
 # ------------------------------------------------------------------ 3. attention memory

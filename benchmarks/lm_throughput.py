@@ -200,7 +200,7 @@ def print_profile(name: str, precision: str, device: torch.device, step) -> None
             step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"profile of {name}, {precision}, 3 steps, by {sort_by}:")
     print(prof.key_averages().table(sort_by=sort_by, row_limit=15, max_name_column_width=60))
 
