@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# GPU checks for the day a device is lent (issue 14, item 4; issue 15, item 5): one
+# script, at most 8 minutes on one GPU, one summary at the end.
+#
+#   1. pytest -m gpu            the test files that carry the `gpu` marker
+#   2. LM throughput            benchmarks/lm_throughput.py in fp32 and bf16: tokens/s and
+#                               MFU against the datasheet peak it names, with the
+#                               GPU-sized GPT (d768, 12 layers, T 1,024) and its op profile
+#   3. attention memory         benchmarks/attention_memory.py: sdpa vs manual, peak memory
+#                               and step time at 1,024 tokens, fp32 and bf16
+#   4. full-scale toy run       `tdiag --set scale=full data synth copy` then
+#                               `train toy copy` in a temporary folder, its summary.json
+#   5. DDP                      skipped with the reason (tdiag has no DDP yet)
+#
+# Every check runs under its own `timeout`, and the sum of the budgets stays inside
+# GPU_CHECK_BUDGET_S (default 460 s), so the script ends within 8 minutes whatever hangs;
+# a failed or timed-out check is reported and the next one still runs.
+#
+# The GPU machine has its own python3 and PyTorch and no network, and the project pins
+# another torch, so the project is not installed there: it runs from source
+# (PYTHONPATH=src). The pure-Python packages that machine lacks travel as wheels in
+# .whl/, and the WikiText-2 mirror as .gpu-data/wikitext-2-mini/; fill both here first,
+# from the project's environment:
+#
+#   bash benchmarks/fetch_gpu_wheels.sh
+#
+# then run on the device machine, naming both folders in `carry`:
+#
+#   bash benchmarks/gpu_check.sh
+#
+# The wheels are installed (into /tmp/site, first on PYTHONPATH) only where pydantic,
+# sacremoses or subword-nmt cannot be imported. Logs: one file per check and
+# gpu_check_summary.txt, under $OUT when it is set (at most 7 files), else in a
+# temporary folder the summary names.
+#
+# Without CUDA, or with GPU_CHECK_QUICK=1, every check runs at a small size (a few
+# minutes on 2 CPU cores), to test the script itself; those figures mean nothing.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-python3}
+START=$SECONDS
+TOTAL=${GPU_CHECK_BUDGET_S:-460}
+LOGS=${OUT:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
+mkdir -p "$LOGS" && LOGS=$(cd "$LOGS" && pwd)
+SUMMARY=$LOGS/gpu_check_summary.txt
+: >"$SUMMARY"
+export PYTHONUNBUFFERED=1
+
+note() { echo "$*" | tee -a "$SUMMARY"; }
+
+# budget SECONDS: that many, or what is left of TOTAL if less (at least 1).
+budget() {
+    local left=$((TOTAL - (SECONDS - START)))
+    local b=$(($1 < left ? $1 : left))
+    echo $((b > 1 ? b : 1))
+}
+
+# check NAME SECONDS LOG COMMAND...: run it under `timeout`, record its status.
+check() {
+    local name=$1 seconds log=$LOGS/$3
+    seconds=$(budget "$2")
+    shift 3
+    local began=$SECONDS
+    echo "== $name (budget ${seconds} s): $*" | tee -a "$log"
+    timeout --kill-after=10 "$seconds" "$@" >>"$log" 2>&1
+    local rc=$?
+    local status="ok"
+    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+        status="TIMED OUT after ${seconds} s"
+    elif [ $rc -ne 0 ]; then
+        status="FAILED (exit $rc)"
+    fi
+    note ""
+    note "## $name: $status, $((SECONDS - began)) s, log $log"
+    return $rc
+}
+
+# ------------------------------------------------------------------ environment
+ENV_LOG=$LOGS/environment.log
+{
+    date -u +"%F %T UTC"
+    git -C "$ROOT" log -1 --format="commit %h %s" 2>/dev/null
+    nvidia-smi 2>&1 || echo "nvidia-smi: not available"
+} >"$ENV_LOG"
+
+if ! "$PY" -c "import pydantic, sacremoses, subword_nmt" 2>/dev/null; then
+    if compgen -G ".whl/*.whl" >/dev/null; then
+        timeout 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/site .whl/*.whl >>"$ENV_LOG" 2>&1 || echo "installing .whl failed" | tee -a "$ENV_LOG"
+        SITE=/tmp/site:
+    else
+        echo "pydantic, sacremoses or subword-nmt is missing and there is no .whl/: run benchmarks/fetch_gpu_wheels.sh" \
+            | tee -a "$ENV_LOG"
+    fi
+fi
+export PYTHONPATH="${SITE:-}$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
+
+CUDA=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>>"$ENV_LOG" || echo 0)
+QUICK=${GPU_CHECK_QUICK:-$((1 - CUDA))}
+"$PY" - >>"$ENV_LOG" 2>&1 <<'EOF'
+import sys, torch, tdiag, pydantic
+print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+      f"pydantic {pydantic.VERSION}, tdiag from {tdiag.__file__}")
+if torch.cuda.is_available():
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        print(f"cuda:{i} {p.name}, {p.total_memory / 2**30:.1f} GiB, {p.multi_processor_count} SMs, "
+              f"capability {p.major}.{p.minor}")
+EOF
+note "# GPU check: $(date -u +'%F %T UTC'), commit $(git -C "$ROOT" log -1 --format=%h 2>/dev/null || echo unknown)"
+note "$(grep -E '^(python|cuda:)' "$ENV_LOG")"
+[ "$QUICK" = 1 ] && note "QUICK mode (no CUDA or GPU_CHECK_QUICK=1): small sizes, figures test the script only"
+
+# ------------------------------------------------------------------ 1. pytest -m gpu
+# Only the files that carry the marker are collected: collecting every test module
+# would import packages the GPU machine lacks (snakemake, dvc, papermill, ...).
+GPU_TESTS=$(grep -l "pytest.mark.gpu" tests/test_*.py | tr '\n' ' ')
+# shellcheck disable=SC2086
+check "pytest -m gpu" 100 pytest.log "$PY" -m pytest -m gpu -p no:cacheprovider -o addopts="" -q -rs $GPU_TESTS
+note "$(grep -E '(passed|failed|skipped|error)' "$LOGS/pytest.log" | tail -1)"
+
+# ------------------------------------------------------------------ 2. LM throughput
+CORPUS=""
+for folder in .gpu-data/wikitext-2-mini ../shared/data/wikitext-2-mini; do
+    [ -f "$folder/wiki.train.tokens" ] && CORPUS=$folder && break
+done
+if [ -z "$CORPUS" ]; then
+    note ""
+    note "## LM throughput: SKIPPED, no .gpu-data/wikitext-2-mini (benchmarks/fetch_gpu_wheels.sh makes it)"
+else
+    if [ "$QUICK" = 1 ]; then
+        SIZE=(--steps 3 --warmup 1 --large yes --large-layers 1 --large-batch 2 --large-seq 128 --large-steps 2)
+    else
+        SIZE=(--steps 30 --warmup 3 --large yes --large-steps 15)
+    fi
+    check "LM throughput" 120 lm_throughput.log "$PY" benchmarks/lm_throughput.py --corpus "$CORPUS" \
+        --precision fp32 bf16 --profile "${SIZE[@]}"
+    note "$(grep -E '^(device|fp32:|bf16:|LSTM|GPT)' "$LOGS/lm_throughput.log")"
+    note "$(awk '/^profile of/ {on = 1} /^GPT d768/ {on = 0} on && !/^USDT/' "$LOGS/lm_throughput.log")"
+fi
+
+# ------------------------------------------------------------------ 3. attention memory
+if [ "$QUICK" = 1 ]; then
+    SIZE=(--seq-len 128 --batch 2 --layers 1 --d-model 64 --heads 2 --vocab 512 --steps 3 --warmup 1)
+else
+    SIZE=(--seq-len 1024 --batch 8 --layers 12 --steps 10 --warmup 3)
+fi
+check "SDPA vs manual attention" 60 attention_memory.log "$PY" benchmarks/attention_memory.py "${SIZE[@]}"
+note "$(grep -E '^(device|sdpa|manual)' "$LOGS/attention_memory.log")"
+
+# ------------------------------------------------------------------ 4. full-scale toy run
+# The pipeline writes results/ under the working folder: run it in a temporary one.
+TOY=$(mktemp -d /tmp/gpu_check_toy.XXXXXX)
+cp params.yaml "$TOY/"
+if [ "$QUICK" = 1 ]; then
+    SCALE=(--set scale=smoke --set studies.toy.train.max_steps=60 --set studies.toy.train.eval_every=20)
+    TOY_RUN="toy run at smoke scale, 60 steps (toy/copy)"
+else
+    SCALE=(--set scale=full)
+    TOY_RUN="full-scale toy run (toy/copy)"
+fi
+(cd "$TOY" && check "toy data (copy)" 30 toy_run.log "$PY" -m tdiag "${SCALE[@]}" data synth copy) \
+    && (cd "$TOY" && check "$TOY_RUN" 170 toy_run.log "$PY" -m tdiag "${SCALE[@]}" train toy copy)
+"$PY" - "$TOY/results/runs/toy/copy" >>"$LOGS/toy_run.log" 2>&1 <<'EOF'
+"""One line per seed from seed-*/summary.json (also after a timeout), then the run's own."""
+import json, sys
+from pathlib import Path
+
+run = Path(sys.argv[1])
+for folder in sorted(run.glob("seed-*")):
+    summary = folder / "summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        print(f"toy/copy {folder.name}: {s['status']}, {s['steps']} of {s['max_steps']} steps, "
+              f"{s['wall_seconds']:.1f} s, {s['steps'] / s['wall_seconds']:.1f} steps/s (evaluations included), "
+              f"test exact match {s['test']['exact_match']:.3f}, device {s['device']}, "
+              f"peak memory {s['peak_memory_bytes'] / 2**20:.1f} MiB")
+        continue
+    steps = [json.loads(line).get("step") for line in (folder / "metrics.jsonl").open()] \
+        if (folder / "metrics.jsonl").is_file() else []
+    print(f"toy/copy {folder.name}: unfinished, last logged step {max((s for s in steps if s), default=0)}")
+summary = run / "summary.json"
+if summary.is_file():
+    s = json.loads(summary.read_text())
+    print(f"toy/copy run: {s['status']}, {len(s['per_seed'])} seeds, wall {s['wall_seconds']:.1f} s, "
+          f"test exact match {s['test'].get('exact_match')}")
+else:
+    print("toy/copy run: no summary.json (the run did not finish)")
+EOF
+note "$(grep -E '^toy/copy' "$LOGS/toy_run.log")"
+rm -rf "$TOY"
+
+# ------------------------------------------------------------------ 5. DDP
+N_GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+note ""
+if grep -rqs "DistributedDataParallel" src/tdiag; then
+    note "## 2-process DDP: SKIPPED, src/tdiag mentions DistributedDataParallel but this script has no DDP check yet"
+elif [ "${N_GPUS:-0}" -ge 2 ]; then
+    note "## 2-process DDP: SKIPPED, DDP is not implemented in tdiag (the machine has $N_GPUS GPUs)"
+else
+    note "## 2-process DDP: SKIPPED, the machine has ${N_GPUS:-0} GPU(s) (< 2), and DDP is not implemented in tdiag"
+fi
+
+note ""
+note "# total $((SECONDS - START)) s (budget ${TOTAL} s); logs in $LOGS"
+echo
+echo "================================ SUMMARY ================================"
+cat "$SUMMARY"
