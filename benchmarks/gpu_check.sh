@@ -161,7 +161,7 @@ else
     TOY_RUN="full-scale toy run (toy/copy)"
 fi
 (cd "$TOY" && check "toy data (copy)" 30 toy_run.log "$PY" -m tdiag "${SCALE[@]}" data synth copy) \
-    && (cd "$TOY" && check "$TOY_RUN" 170 toy_run.log "$PY" -m tdiag "${SCALE[@]}" train toy copy)
+    && (cd "$TOY" && check "$TOY_RUN" 240 toy_run.log "$PY" -m tdiag "${SCALE[@]}" train toy copy)
 "$PY" - "$TOY/results/runs/toy/copy" >>"$LOGS/toy_run.log" 2>&1 <<'EOF'
 """One line per seed from seed-*/summary.json (also after a timeout), then the run's own."""
 import json, sys
