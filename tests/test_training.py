@@ -74,7 +74,7 @@ def test_rerun_after_a_kill_keeps_finished_seeds_and_resumes_the_unfinished_one(
     (tiny_project / RUN / "summary.json").unlink()
     (tiny_project / RUN / "seed-1" / "summary.json").unlink()
     again = tdiag(*two_seeds, "train", "toy", "copy", cwd=tiny_project)
-    assert "seed 0 already finished (completed): kept" in again.stderr
+    assert "toy/copy seed 0: already finished (completed): kept" in again.stderr
     assert "resuming from checkpoint at step 60" in again.stderr
     assert summary(tiny_project)["test"] == before["test"]
 

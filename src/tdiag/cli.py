@@ -8,6 +8,8 @@ Tracebacks are kept for bugs.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +19,9 @@ from tdiag.config import ConfigError
 from tdiag.errors import UserError
 
 EXIT_USER_ERROR = 2
+
+PROGRESS_ENV = "TDIAG_PROGRESS_SECONDS"
+"""Seconds of wall time between a training job's progress lines (default in train/logs.py)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +49,10 @@ def _parser() -> argparse.ArgumentParser:
                        ("apply", "apply BPE to every split and encode it as token ids")):
         bpe.add_parser(verb, help=text).add_argument("dataset")
 
-    train = verbs.add_parser("train", help="train one run of a study (resumes from its checkpoint)")
+    train = verbs.add_parser(
+        "train", help="train one run of a study (resumes from its checkpoint)",
+        epilog=f"{PROGRESS_ENV}=SECONDS sets the wall time between progress lines (default 30)",
+    )
     train.add_argument("study")
     train.add_argument("run")
     train.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
@@ -81,13 +89,14 @@ def run(argv: list[str]) -> int:
     elif args.verb == "train":
         cfg.run(args.study, args.run)  # unknown names fail before torch is loaded
         paths.inside(root, paths.run_dir(args.study, args.run))
+        progress_every = _progress_every(os.environ.get(PROGRESS_ENV))
         import torch
 
         from tdiag.train.loop import train_run
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        train_run(cfg, args.study, args.run, root=root, restart=args.restart)
+        train_run(cfg, args.study, args.run, root=root, restart=args.restart, **progress_every)
     elif args.verb == "collect":
         from tdiag.report.collect import write_study_table
 
@@ -114,6 +123,19 @@ def run(argv: list[str]) -> int:
             for st in stage_list:
                 print(f"{st.name}: tdiag {' '.join(st.args)}")
     return 0
+
+
+def _progress_every(value: str | None) -> dict:
+    """`train_run`'s `progress_every` from the environment's value (none: its default)."""
+    if value is None:
+        return {}
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise UserError(f"{PROGRESS_ENV}={value!r} is not a positive number of seconds; set e.g. {PROGRESS_ENV}=30")
+    return {"progress_every": seconds}
 
 
 def _dataset_action(cfg, name: str, verb: str, root: Path):

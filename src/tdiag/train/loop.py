@@ -6,24 +6,21 @@ tokens and peak memory to `metrics.jsonl`; it evaluates every `eval_every` steps
 checkpoints every `checkpoint_every` steps and at the end, resumes from the checkpoint
 by default, and stops a seed whose loss is NaN/inf with `status: diverged` (a finished
 stage, so the rest of the study goes on). Summaries are written last: the seed's,
-then the run's.
+then the run's. What it logs, and its progress lines, are described in train/logs.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from tdiag import atomic, devices, paths, provenance
 from tdiag.config import Config, ConfigError, RunConfig
@@ -31,13 +28,12 @@ from tdiag.data.kinds import DatasetKind, kind_of
 from tdiag.errors import UserError
 from tdiag.stage import TRAINING, code_digest
 from tdiag.models import build_model
-from tdiag.train import checkpoint, memory_estimate
+from tdiag.train import checkpoint, logs, memory_estimate
 from tdiag.train.checkpoint import TrainState
+from tdiag.train.logs import log
 from tdiag.train.metrics import ActivationNorms
 from tdiag.train.optim import build_optimizer, build_scheduler
 from tdiag.train.workload import Workload
-
-log = logging.getLogger("tdiag.train")
 
 
 @dataclass(frozen=True)
@@ -68,28 +64,6 @@ def _finite(record: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
 
 
-def _log_to_stderr() -> None:
-    log.setLevel(logging.INFO)
-    if not any(getattr(h, "stream", None) is sys.stderr for h in log.handlers):
-        stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
-        log.addHandler(stream)
-
-
-@contextlib.contextmanager
-def _logging_to(log_file: Path):
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(log_file)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    _log_to_stderr()
-    try:
-        yield
-    finally:
-        log.removeHandler(handler)
-        handler.close()
-
-
 def _autocast(device: torch.device, precision: str):
     dtype = devices.autocast_dtype(precision)
     if dtype is None:
@@ -104,39 +78,50 @@ def _read_meta(root: Path, dataset: str, kind: DatasetKind) -> dict:
     return json.loads(path.read_text())
 
 
-def train_run(cfg: Config, study: str, run: str, *, root: Path = Path("."), restart: bool = False) -> dict:
+def train_run(cfg: Config, study: str, run: str, *, root: Path = Path("."), restart: bool = False,
+              progress_every: float = logs.PROGRESS_EVERY_SECONDS) -> dict:
     """Train every seed of one run (each resuming from its checkpoint); returns the run summary.
 
     Every check (dataset present and readable, device, precision, memory estimate) comes
     before any file of the run is touched: a refused command leaves a finished run as it was.
+    A progress line is logged every `progress_every` seconds of wall time (train/logs.py).
     """
+    with logs.about(study, run), logs.to_stderr():  # the run's log file opens once the checks have passed
+        return _train_run(cfg, study, run, root, restart, progress_every)
+
+
+def _train_run(cfg: Config, study: str, run: str, root: Path, restart: bool, progress_every: float) -> dict:
     rc = cfg.run(study, run)
     kind = kind_of(cfg.datasets[rc.dataset])  # its files and its workload (batches, loss, evaluation)
     meta = _read_meta(root, rc.dataset, kind)
-    _log_to_stderr()  # the run's log file is opened only once the checks have passed
     choice = devices.select_device(Path(cfg.devices.lock_dir) if cfg.devices.lock_dir else None, on_wait=log.info,
                                    jobs_per_gpu=cfg.devices.jobs_per_gpu)
     try:
         reason = devices.supports_precision(choice.device, rc.train.precision)
         if reason:
             raise ConfigError(f"studies.{study}.runs.{run}.train.precision: {reason}")
+        loading = time.perf_counter()
         workload = kind.workload(root / kind.folder(rc.dataset), meta, rc.train, choice.device)
+        loaded = time.perf_counter() - loading
         memory_estimate.check(f"studies.{study}.runs.{run}", rc.model, rc.train, workload.vocab_sizes, choice.device)
 
         run_summary = root / paths.run_summary(study, run)
         run_summary.unlink(missing_ok=True)  # its presence must always mean "finished"
         atomic.remove_temporaries(run_summary)
-        with _logging_to(root / paths.run_log(study, run)):
-            log.info("run %s/%s on %s, seeds %s", study, run, choice.description, rc.seed_values())
+        with logs.to_file(root / paths.run_log(study, run)):
+            log.info("run on %s, dataset %s (loaded in %s), seeds %s", choice.description, rc.dataset,
+                     logs.duration(loaded), rc.seed_values())
             seeds = []
             for seed in rc.seed_values():
                 files = SeedFiles(root, study, run, seed)
-                with _logging_to(files.log):
-                    seeds.append(_train_seed(cfg, rc, files, meta, workload, choice, restart))
+                with logs.about(study, run, seed), logs.to_file(files.log):
+                    seeds.append(_train_seed(cfg, rc, files, meta, workload, choice, restart, progress_every))
+            summary = _run_summary(study, run, rc, seeds)
+            log.info("run %s: seeds %s, %s of training", summary["status"], summary["seeds"],
+                     logs.duration(summary["wall_seconds"]))
     finally:
         if choice.slot is not None:
             choice.slot.release()
-    summary = _run_summary(study, run, rc, seeds)
     atomic.write_json(run_summary, summary)
     return summary
 
@@ -145,14 +130,15 @@ def _seed_config(rc: RunConfig, seed: int) -> RunConfig:
     return rc.model_copy(update={"train": rc.train.model_copy(update={"seed": seed})})
 
 
-def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, choice, restart) -> dict:
+def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, choice, restart,
+                progress_every: float) -> dict:
     rc = _seed_config(rc, files.seed)
     tc, device = rc.train, choice.device
     digest = rc.digest(extra=[meta["config"], code_digest(TRAINING)])
     if not restart and files.summary.exists():
         done = json.loads(files.summary.read_text())
         if done.get("config_digest") == digest:
-            log.info("seed %d already finished (%s): kept", files.seed, done["status"])
+            log.info("already finished (%s): kept", done["status"])
             return done
     for path in (files.config, files.metrics, files.checkpoint, files.summary):
         if path.is_dir():  # planted or mistaken: no file can be written or read there
@@ -196,10 +182,20 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
     def evaluate(split: str, decode_limit):
         return workload.evaluate(model, split, decode_limit)
 
+    def evaluate_logged(split: str, step: int) -> dict:
+        began = time.perf_counter()
+        result = evaluate(split, tc.eval_examples)
+        log.info("eval %s at step %d/%d: %s (%s)", split, step, total_steps,
+                 ", ".join(f"{k} {result[k]:.4g}" for k in workload.log_keys),
+                 logs.duration(time.perf_counter() - began))
+        return result
+
     status, diverged_step = "completed", None
-    bar = tqdm(total=total_steps, initial=state.step, desc=f"{files.run} seed {files.seed}",
-               disable=None, file=sys.stderr)
-    with open(files.metrics, "a") as metrics_file:
+    log.info("steps %d to %d on %s, an epoch is %d steps; evaluating every %d steps, checkpointing every %d%s",
+             state.step + 1, total_steps, choice.description, workload.steps_per_epoch, eval_every,
+             tc.checkpoint_every, "; first evaluating the untrained model" if state.step == 0 else "")
+    progress = logs.Progress(state.step, total_steps, every=progress_every, terminal=logs.on_terminal())
+    with progress, open(files.metrics, "a") as metrics_file:
 
         def emit(record: dict) -> None:
             record = _finite(record)
@@ -211,7 +207,8 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
         eval_splits = workload.eval_splits
         if state.step == 0:  # the untrained baseline anchors every curve
             for split in eval_splits:
-                emit({"kind": "eval", "split": split, "step": 0, "epoch": 0.0, **evaluate(split, tc.eval_examples)})
+                emit({"kind": "eval", "split": split, "step": 0, "epoch": 0.0, **evaluate_logged(split, 0)})
+            progress.restart_clock(0)  # a one-off: the step rate is measured without it
         model.train()
         while state.step < total_steps:
             step = state.step + 1
@@ -221,29 +218,30 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
             if not math.isfinite(record["loss"]):
                 emit({**record, "diverged": True})
                 status, diverged_step = "diverged", step
-                log.warning("loss is not finite at step %d: seed %d marked diverged", step, files.seed)
+                log.warning("loss is not finite at step %d/%d: seed marked diverged", step, total_steps)
                 break
             scheduler.step()
             state.step = step
             emit(record)
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", refresh=False)
+            progress.step(step, record["loss"], record["lr"], record["tokens"], record["step_time"])
             if step % eval_every == 0 or step == total_steps:
                 for split in eval_splits:
-                    result = evaluate(split, tc.eval_examples)
+                    result = evaluate_logged(split, step)
                     emit({"kind": "eval", "split": split, "step": step, "epoch": step / workload.steps_per_epoch,
                           "wall_seconds": time.perf_counter() - started, **result})
-                    log.info("step %d: %s %s", step, split, ", ".join(f"{k} {result[k]:.4g}" for k in workload.log_keys))
             if step % tc.checkpoint_every == 0 or step == total_steps:
                 state.elapsed_seconds = time.perf_counter() - started
                 checkpoint.save(
                     files.checkpoint, digest=digest, state=state, workload=workload.state_dict(),
                     model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                 )
-    bar.close()
     norms.remove()
 
     finished = status == "completed"
+    final_splits = ("test", "valid", "train") if "train" in eval_splits else ("test", "valid")
+    if finished:
+        log.info("final evaluation on every example of %s", ", ".join(final_splits))
+    final = {split: evaluate(split, None) for split in final_splits} if finished else {}
     evals = [r for r in state.records if r.get("kind") == "eval" and r.get("split") == "valid"]
     summary = {
         "run": files.run,
@@ -253,9 +251,9 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
         "steps": state.step,
         "max_steps": total_steps,
         "steps_per_epoch": workload.steps_per_epoch,
-        "test": evaluate("test", None) if finished else None,
-        "valid": evaluate("valid", None) if finished else None,
-        "train": evaluate("train", None) if finished and "train" in eval_splits else None,
+        "test": final.get("test"),
+        "valid": final.get("valid"),
+        "train": final.get("train"),
         "samples": workload.samples(model) if finished else [],
         "best_valid": _best(evals, *workload.best),
         "wall_seconds": time.perf_counter() - started,
@@ -267,7 +265,7 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
     }
     atomic.write_json(files.summary, summary)
     log.info(
-        "%s seed %d %s after %d steps%s", files.run, files.seed, status, state.step,
+        "%s after %d steps in %s%s", status, state.step, logs.duration(summary["wall_seconds"]),
         ": test " + ", ".join(f"{k} {summary['test'][k]:.4g}" for k in workload.log_keys) if finished else "",
     )
     return summary
