@@ -8,6 +8,8 @@ Tracebacks are kept for bugs.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +19,10 @@ from tdiag.config import ConfigError
 from tdiag.errors import UserError
 
 EXIT_USER_ERROR = 2
+OVERRIDES_ENV = "TDIAG_OVERRIDES"
+"""A JSON list of `key.path=value` overrides applied before `--set`. The Snakefile sets it
+from `--config`, so overrides reach every job without being part of its command line
+(a command that changes makes Snakemake rerun the job; only a changed fingerprint should)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    cfg = config_mod.load(args.params, args.overrides)
+    cfg = config_mod.load(args.params, env_overrides(os.environ) + args.overrides)
     root = Path(".")
 
     if args.verb == "validate":
@@ -114,6 +120,21 @@ def run(argv: list[str]) -> int:
             for st in stage_list:
                 print(f"{st.name}: tdiag {' '.join(st.args)}")
     return 0
+
+
+def env_overrides(env) -> list[str]:
+    """The overrides in `env[OVERRIDES_ENV]`, or none when it is unset or empty."""
+    text = env.get(OVERRIDES_ENV, "")
+    try:
+        overrides = json.loads(text) if text.strip() else []
+    except json.JSONDecodeError:
+        overrides = None
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise ConfigError(
+            f"{OVERRIDES_ENV} must be a JSON list of 'key.path=value' strings, e.g. "
+            f'\'["studies.toy.train.lr=0.01"]\', not {text[:100]!r}; unset it to use params.yaml as it is'
+        )
+    return overrides
 
 
 def _dataset_action(cfg, name: str, verb: str, root: Path):
