@@ -4,6 +4,7 @@ only the stages whose settings they change, and the report archive."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -48,7 +49,7 @@ def test_lint_is_clean_but_for_lints_with_a_reason(tmp_path: Path):
     done = subprocess.run(SNAKEMAKE + ["--lint"], cwd=project, capture_output=True, text=True, timeout=300)
     titles = set(re.findall(r"^\s+\* (.+):$", done.stdout + done.stderr, re.MULTILINE))
     reasons = {m["title"] for f in (REPO / "workflow").rglob("*.smk") for m in LINT_REASON.finditer(f.read_text())}
-    reasons |= {m["title"] for m in LINT_REASON.finditer((REPO / "Snakefile").read_text())}
+    reasons |= {m["title"] for m in LINT_REASON.finditer((REPO / "workflow" / "Snakefile").read_text())}
     assert done.returncode == 0 or titles, done.stdout + done.stderr  # a failure that is not lints
     assert titles <= reasons, f"lints without a reason comment: {sorted(titles - reasons)}"
 
@@ -66,6 +67,18 @@ def test_each_study_has_a_target_rule_that_builds_its_page_and_what_it_needs(tmp
     assert set(expected) == set(config.load(project / "params.yaml").studies)
     for study, rules in expected.items():
         assert set(_dry_run(project, study)) == rules
+
+
+def test_a_second_run_in_the_same_folder_is_refused(tmp_path: Path):
+    project = _project_copy(tmp_path)
+    lock = project / ".snakemake" / "tdiag-run.lock"
+    lock.parent.mkdir()
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running snakemake holds it
+        done = subprocess.run(SNAKEMAKE + ["--cores", "1", "toy"], cwd=project, capture_output=True, text=True,
+                              timeout=300)
+    assert done.returncode == 2 and "another snakemake run is working in this folder" in done.stderr
+    assert not (project / "results").exists(), "nothing ran"
 
 
 def _jobs(dry_run_output: str) -> dict[str, int]:

@@ -28,7 +28,11 @@ for stage in STAGES:
 
 
 # `snakemake --cores all <study>`: one study's page and what it needs.
+_taken = {"all"} | {stage.name for stage in STAGES}
 for study in CFG.studies:
+    if study in _taken:
+        sys.stderr.write(f"tdiag: error: study '{study}' has the name of a Snakemake rule; rename the study\n")
+        sys.exit(2)
 
     rule:
         name:
