@@ -8,6 +8,7 @@ Tracebacks are kept for bugs.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -19,6 +20,10 @@ from tdiag.config import ConfigError
 from tdiag.errors import UserError
 
 EXIT_USER_ERROR = 2
+OVERRIDES_ENV = "TDIAG_OVERRIDES"
+"""A JSON list of `key.path=value` overrides applied before `--set`. The Snakefile sets it
+from `--config`, so overrides reach every job without being part of its command line
+(a command that changes makes Snakemake rerun the job; only a changed fingerprint should)."""
 
 PROGRESS_ENV = "TDIAG_PROGRESS_SECONDS"
 """Seconds of wall time between a training job's progress lines (default in train/logs.py)."""
@@ -71,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    cfg = config_mod.load(args.params, args.overrides)
+    cfg = config_mod.load(args.params, env_overrides(os.environ) + args.overrides)
     root = Path(".")
 
     if args.verb == "validate":
@@ -136,6 +141,21 @@ def _progress_every(value: str | None) -> dict:
     if not (math.isfinite(seconds) and seconds > 0):
         raise UserError(f"{PROGRESS_ENV}={value!r} is not a positive number of seconds; set e.g. {PROGRESS_ENV}=30")
     return {"progress_every": seconds}
+
+
+def env_overrides(env) -> list[str]:
+    """The overrides in `env[OVERRIDES_ENV]`, or none when it is unset or empty."""
+    text = env.get(OVERRIDES_ENV, "")
+    try:
+        overrides = json.loads(text) if text.strip() else []
+    except json.JSONDecodeError:
+        overrides = None
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise ConfigError(
+            f"{OVERRIDES_ENV} must be a JSON list of 'key.path=value' strings, e.g. "
+            f'\'["studies.toy.train.lr=0.01"]\', not {text[:100]!r}; unset it to use params.yaml as it is'
+        )
+    return overrides
 
 
 def _dataset_action(cfg, name: str, verb: str, root: Path):

@@ -168,6 +168,11 @@ def report_index() -> Path:
     return REPORTS / "index.html"
 
 
+def stage_log(stage: str) -> Path:
+    """What a Snakemake job of stage `stage` printed (its stdout and stderr)."""
+    return RESULTS / "logs" / f"{check_name(stage)}.log"
+
+
 # ------------------------------------------------------------------ real corpora
 
 

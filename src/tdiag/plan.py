@@ -34,12 +34,17 @@ def _report_code(study: str) -> tuple[str, ...]:
 
 
 def _fetch_stage(corpus: str) -> Stage:
+    from tdiag.data.corpora import corpus as corpus_info
+
+    source = corpus_info(corpus)
     return Stage(
         name=stage_name("data_fetch", corpus),
         args=("data", "fetch", corpus),
         deps=source_files("data/corpora.py"),
         outs=corpus_files(corpus),
         params=("data",),
+        # What is fetched, not from where: the mirror holds the same files (checksummed).
+        fingerprint=json_digest([source.name, source.url, source.checksum.value]),
     )
 
 
@@ -85,6 +90,7 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
             args=("collect", study),
             deps=tuple(summaries) + source_files("report/collect.py"),
             outs=(table,),
+            fingerprint=json_digest(list(cfg.run_names(study))),
         )
     )
     stages.append(
@@ -130,6 +136,7 @@ def stages(cfg: Config) -> list[Stage]:
             deps=tuple(pages) + tuple(tables) + INDEX_CODE,
             outs=(str(paths.report_index()),),
             params=("scale",),
+            fingerprint=json_digest([cfg.scale, cfg.resolved_scale, list(cfg.studies)]),
         )
     )
     named: dict[str, Stage] = {}

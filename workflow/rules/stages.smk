@@ -1,5 +1,10 @@
 # One rule per stage record; a gpu stage takes one unit of the `gpu` resource and
-# claims its own device at run time (tdiag.devices).
+# claims its own device at run time (tdiag.devices). The `fingerprint` param is the
+# digest of the resolved settings the stage uses: Snakemake's params trigger reruns
+# the rule when it changes.
+# Lint "Specify a conda environment or container for each rule." stays: every job runs
+# the interpreter Snakemake runs under (sys.executable), so its software is the project's
+# own environment (pyproject.toml); a conda env would be a second, unpinned copy of it.
 for stage in STAGES:
 
     rule:
@@ -8,7 +13,9 @@ for stage in STAGES:
         input:
             list(stage.deps),
         output:
-            list(stage.outs),
+            [reported(o) for o in stage.outs],
+        log:
+            str(paths.stage_log(stage.name)),
         params:
             fingerprint=stage.fingerprint,
             cmd=shlex.join(TDIAG + list(stage.args)),
@@ -17,4 +24,18 @@ for stage in STAGES:
         resources:
             gpu=int(stage.gpu),
         shell:
-            "{params.cmd}" + (" --threads {threads}" if stage.gpu else "")
+            "{params.cmd}" + (" --threads {threads}" if stage.gpu else "") + " > {log} 2>&1"
+
+
+# `snakemake --cores all <study>`: one study's page and what it needs.
+_taken = {"all"} | {stage.name for stage in STAGES}
+for study in CFG.studies:
+    if study in _taken:
+        sys.stderr.write(f"tdiag: error: study '{study}' has the name of a Snakemake rule; rename the study\n")
+        sys.exit(2)
+
+    rule:
+        name:
+            study
+        input:
+            str(paths.report_page(study)),
