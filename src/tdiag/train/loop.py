@@ -6,7 +6,7 @@ tokens and peak memory to `metrics.jsonl`; it evaluates every `eval_every` steps
 checkpoints every `checkpoint_every` steps and at the end, resumes from the checkpoint
 by default, and stops a seed whose loss is NaN/inf with `status: diverged` (a finished
 stage, so the rest of the study goes on). Summaries are written last: the seed's,
-then the run's.
+then the run's, just after the run's headline numbers and curves (train/curves.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from tdiag.config import Config, ConfigError, RunConfig
 from tdiag.data.kinds import DatasetKind, kind_of
 from tdiag.errors import UserError
 from tdiag.models import build_model
-from tdiag.train import checkpoint, memory_estimate
+from tdiag.train import checkpoint, curves, memory_estimate
 from tdiag.train.checkpoint import TrainState
 from tdiag.train.metrics import ActivationNorms
 from tdiag.train.optim import build_optimizer, build_scheduler
@@ -135,6 +135,8 @@ def train_run(cfg: Config, study: str, run: str, *, root: Path = Path("."), rest
         if choice.slot is not None:
             choice.slot.release()
     summary = _run_summary(study, run, rc, seeds)
+    curves.write_run_curves(root, study, run, summary["seeds"])
+    curves.write_run_metrics(root, study, run, summary, workload.best[0])
     atomic.write_json(run_summary, summary)
     return summary
 
