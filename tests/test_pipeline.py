@@ -15,13 +15,14 @@ import pytest
 
 from conftest import REPO, needs_mirror, tiny_params, write_params
 from tdiag import config, plan
+from tdiag.config import yaml_text
 
 PROJECT_FILES = ("Snakefile", "workflow", "notebooks", "src", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore")
 
 
 def test_committed_dvc_yaml_is_generated_from_the_stage_list():
     cfg = config.load(REPO / "params.yaml")
-    expected = plan.dvc_yaml(plan.stages(cfg))
+    expected = plan.dvc_file(cfg, yaml_text.read(REPO / "params.yaml"))
     assert (REPO / "dvc.yaml").read_text() == expected, "regenerate with: tdiag stages --dvc > dvc.yaml"
 
 
@@ -50,7 +51,8 @@ def _project_copy(tmp_path: Path) -> Path:
             shutil.copy2(source, project / name)
     write_params(project, tiny_params())
     # DVC runs what its dvc.yaml lists: the tiny configuration's stages, generated as the committed file is.
-    (project / "dvc.yaml").write_text(plan.dvc_yaml(plan.stages(config.load(project / "params.yaml"))))
+    (project / "dvc.yaml").write_text(plan.dvc_file(config.load(project / "params.yaml"),
+                                                    yaml_text.read(project / "params.yaml")))
     return project
 
 

@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     train.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
 
-    collect = verbs.add_parser("collect", help="gather a study's runs into results/<study>/runs.csv")
+    collect = verbs.add_parser("collect", help="gather a study's runs into results/<study>/runs.csv and metrics.json")
     collect.add_argument("study")
 
     report = verbs.add_parser("report", help="render reports/<study>.html, or reports/index.html with 'index'")
@@ -103,11 +103,13 @@ def run(argv: list[str]) -> int:
             torch.set_num_threads(args.threads)
         train_run(cfg, args.study, args.run, root=root, restart=args.restart, **progress_every)
     elif args.verb == "collect":
-        from tdiag.report.collect import write_study_table
+        from tdiag.report.collect import write_study_metrics, write_study_table
 
         cfg.study(args.study)
         paths.inside(root, paths.study_table(args.study))
+        paths.inside(root, paths.study_metrics(args.study))
         write_study_table(cfg, args.study, root)
+        write_study_metrics(cfg, args.study, root)
     elif args.verb == "report":
         from tdiag.report import render
         if args.study == paths.REPORT_INDEX:
@@ -121,11 +123,12 @@ def run(argv: list[str]) -> int:
     elif args.verb == "stages":
         from tdiag import plan
 
-        stage_list = plan.stages(cfg)
         if args.dvc:
-            sys.stdout.write(plan.dvc_yaml(stage_list))
+            from tdiag.config import yaml_text
+
+            sys.stdout.write(plan.dvc_file(cfg, yaml_text.read(Path(args.params)) or {}))
         else:
-            for st in stage_list:
+            for st in plan.stages(cfg):
                 print(f"{st.name}: tdiag {' '.join(st.args)}")
     return 0
 

@@ -123,6 +123,16 @@ def run_summary(study: str, run: str) -> Path:
     return run_dir(study, run) / "summary.json"
 
 
+def run_metrics(study: str, run: str) -> Path:
+    """The run's headline numbers (small, numeric), written with its curves just before its summary."""
+    return run_dir(study, run) / "metrics.json"
+
+
+def run_curves(study: str, run: str, kind: str) -> Path:
+    """A per-step curve of the run (`train` or `eval`) as TSV with a `step` column: DVC plots it."""
+    return run_dir(study, run) / "curves" / f"{kind}.tsv"
+
+
 def seed_dir(study: str, run: str, seed: int) -> Path:
     return run_dir(study, run) / f"seed-{seed}"
 
@@ -150,6 +160,11 @@ def seed_log(study: str, run: str, seed: int) -> Path:
 
 def study_table(study: str) -> Path:
     return RESULTS / check_name(study) / "runs.csv"
+
+
+def study_metrics(study: str) -> Path:
+    """Each run's headline test metric, one file per study: what `dvc exp show` tabulates."""
+    return RESULTS / check_name(study) / "metrics.json"
 
 
 def notebook(study: str) -> Path:

@@ -4,7 +4,9 @@ The Snakefile builds one rule per record and `dvc.yaml` is generated from the sa
 records, so the two orchestrators always run the same commands on the same files.
 The list depends on which datasets, studies and runs exist, never on the scale or
 the machine (config validation guarantees that), so the committed dvc.yaml is right
-on a laptop and on a GPU server alike.
+on a laptop and on a GPU server alike. Which params.yaml keys DVC tracks follows the
+keys the file has (DVC refuses to track a missing key), so dvc.yaml is generated from
+the list and the file together.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from tdiag import paths
-from tdiag.config import Config, ConfigError
+from tdiag.config import SCALES, Config, ConfigError, StudyConfig
 from tdiag.digest import json_digest
 from tdiag.data.kinds import corpus_files, kind_of
 from tdiag.stage import TRAINING, Stage, notebook_modules, source_files, stage_name
@@ -32,18 +34,31 @@ def _report_code(study: str) -> tuple[str, ...]:
     # A missing notebook is named by the stage's own missing input, not here.
     return source_files("report/render.py", *(notebook_modules(notebook) if notebook.is_file() else ()))
 
+STUDY_KEYS = tuple(k for k in StudyConfig.model_fields if k not in ("runs", "grids", "priority"))
+"""A study's keys that every one of its runs reads. `runs` and `grids` hold one entry
+per run (a run reads only its own); `priority` only orders Snakemake's jobs."""
+
+CURVES = (
+    ("loss", "training loss", "train", "loss"),
+    ("lr", "learning rate", "train", "lr"),
+    ("grad_norm", "global grad norm (before clipping)", "train", "grad_norm"),
+    ("valid_loss", "validation loss", "eval", "loss"),
+)
+"""DVC plots per study, one line per run: (id, title, curve file, column); x is the step.
+Every workload's evaluation has a loss; its other metrics are in the same file."""
+
 
 def _fetch_stage(corpus: str) -> Stage:
     from tdiag.data.corpora import corpus as corpus_info
 
     source = corpus_info(corpus)
+    # No params (`data.mirror` only says where to copy from, and every file is checked
+    # against its checksum wherever it came from), and a fingerprint of what is fetched.
     return Stage(
         name=stage_name("data_fetch", corpus),
         args=("data", "fetch", corpus),
         deps=source_files("data/corpora.py"),
         outs=corpus_files(corpus),
-        params=("data",),
-        # What is fetched, not from where: the mirror holds the same files (checksummed).
         fingerprint=json_digest([source.name, source.url, source.checksum.value]),
     )
 
@@ -62,34 +77,51 @@ def _data_stages(cfg: Config) -> list[Stage]:
     return stages
 
 
+def _run_entry(study: str, where: str) -> str:
+    """The key of a run's own entry (`runs.<run>` or `grids.<grid>`, from `run_overrides`).
+    DVC reads a '.' in a key as nesting, so a name holding one tracks its whole section."""
+    section, name = where.split(".", 1)
+    return f"studies.{study}.{section}" if "." in name else f"studies.{study}.{where}"
+
+
 def _study_stages(cfg: Config, study: str) -> list[Stage]:
-    stages, summaries = [], []
+    stages, summaries, run_metrics = [], [], []
+    entries = cfg.studies[study].run_overrides()
     for run in cfg.run_names(study):
         rc = cfg.run(study, run)
         summary = str(paths.run_summary(study, run))
         summaries.append(summary)
+        run_metrics.append(str(paths.run_metrics(study, run)))
         stages.append(
             Stage(
                 name=stage_name("train", study, run),
                 args=("train", study, run),
                 deps=_dataset_files(cfg, rc.dataset) + TRAIN_CODE,
-                # Per-seed folders (metrics, checkpoints) are the stage's working files;
-                # the run summary, written after every seed, is its declared output.
-                outs=(summary,),
-                params=(f"studies.{study}", "scale", "scales"),
-                metrics=(summary,),
+                # The run summary, written after every seed, comes last: its presence means
+                # the run finished. The seed folders beside them are the stage's working files.
+                outs=(
+                    run_metrics[-1],
+                    str(paths.run_curves(study, run, "train")),
+                    str(paths.run_curves(study, run, "eval")),
+                    summary,
+                ),
+                params=tuple(f"studies.{study}.{key}" for key in STUDY_KEYS)
+                + (_run_entry(study, entries[run][0]), "scale"),
+                folder=str(paths.run_dir(study, run)),
                 gpu=True,
                 priority=cfg.studies[study].priority,
                 fingerprint=json_digest([cfg.resolved_scale, rc.model_dump(mode="json")]),
             )
         )
     table = str(paths.study_table(study))
+    headline = str(paths.study_metrics(study))
     stages.append(
         Stage(
             name=stage_name("collect", study),
             args=("collect", study),
-            deps=tuple(summaries) + source_files("report/collect.py"),
-            outs=(table,),
+            deps=tuple(summaries) + tuple(run_metrics) + source_files("report/collect.py"),
+            outs=(table, headline),
+            metrics=(headline,),
             fingerprint=json_digest(list(cfg.run_names(study))),
         )
     )
@@ -154,24 +186,74 @@ def final_targets(cfg: Config) -> list[str]:
     return [str(paths.report_index())]
 
 
-def dvc_yaml(stage_list: list[Stage]) -> str:
+def dvc_params(keys: tuple[str, ...], params: dict) -> list[str]:
+    """The params.yaml keys DVC tracks for a stage that reads `keys`: each where the file
+    has it, in the base sections and in each scale section, and `scale` (which picks the
+    section) wherever a scale section has one of them."""
+    found = [key for key in keys if _has_key(params, key)]
+    scaled = [f"scales.{scale}.{key}" for scale in SCALES for key in keys if key != "scale"]
+    scaled = [key for key in scaled if _has_key(params, key)]
+    if scaled and "scale" not in found:
+        scaled.append("scale")
+    return found + scaled
+
+
+def _has_key(params: dict, dotted: str) -> bool:
+    node = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def dvc_plots(cfg: Config) -> list[dict]:
+    """Top-level DVC plots: per study, each curve of `CURVES` with one line per run."""
+    plots = []
+    for study in cfg.studies:
+        for plot_id, title, curve, column in CURVES:
+            files = {str(paths.run_curves(study, run, curve)): column for run in cfg.run_names(study)}
+            plots.append({f"{study}_{plot_id}": {"title": f"{study}: {title}", "x": "step", "y": files}})
+    return plots
+
+
+def dvc_file(cfg: Config, params: dict) -> str:
+    """dvc.yaml for the configuration `cfg` loaded from the mapping `params` (params.yaml as read)."""
+    return dvc_yaml(stages(cfg), params, dvc_plots(cfg))
+
+
+def dvc_yaml(stage_list: list[Stage], params: dict, plots: list[dict] = ()) -> str:
     """dvc.yaml text for the stage list (generated, committed, kept equal by a test).
 
     DVC runs `cmd` through a shell, so every argument is quoted: names are validated,
-    but a command must not depend on that to mean what its arguments say.
+    but a command must not depend on that to mean what its arguments say. Every output
+    is cached, so `dvc push` / `dvc pull` share it. A stage with a `folder` declares that
+    folder with `persist: true`: DVC deletes a declared output before its stage runs,
+    and the folder's seed checkpoints, summaries and metrics are what a rerun resumes or
+    keeps; the checkpoints themselves are left out of the cache by .dvcignore (large,
+    and only resume needs them).
     """
-    doc = {"stages": {}}
+    doc: dict = {"stages": {}}
     for st in stage_list:
         entry: dict = {"cmd": shlex.join(("tdiag", *st.args))}
         if st.deps:
             entry["deps"] = list(st.deps)
-        if st.params:
-            entry["params"] = list(st.params)
-        outs = [o for o in st.outs if o not in st.metrics]
-        if outs:
-            entry["outs"] = [{o: {"cache": False}} for o in outs]
-        if st.metrics:
-            entry["metrics"] = [{m: {"cache": False}} for m in st.metrics]
+        tracked = dvc_params(st.params, params)
+        if tracked:
+            entry["params"] = tracked
+        if st.folder:
+            entry["outs"] = [{st.folder: {"persist": True}}]
+        else:
+            outs = [o for o in st.outs if o not in st.metrics]
+            if outs:
+                entry["outs"] = outs
+            if st.metrics:
+                entry["metrics"] = list(st.metrics)
         doc["stages"][st.name] = entry
-    header = "# Generated by `tdiag stages --dvc > dvc.yaml` from the stage list in src/tdiag/plan.py; do not edit.\n"
+    if plots:
+        doc["plots"] = list(plots)
+    header = (
+        "# Generated by `tdiag stages --dvc > dvc.yaml` from the stage list in src/tdiag/plan.py\n"
+        "# and the keys params.yaml has; do not edit.\n"
+    )
     return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)

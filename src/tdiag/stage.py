@@ -124,9 +124,14 @@ class Stage:
     deps: tuple[str, ...]
     outs: tuple[str, ...]
     params: tuple[str, ...] = ()
-    """params.yaml keys the stage reads (DVC tracks them)."""
+    """Configuration keys the stage reads, as key paths of params.yaml's base sections.
+    DVC tracks each where the file has it: there, and under `scales.smoke.` / `scales.full.`
+    (`plan.dvc_params`), so a change reruns only the stages that read the key."""
     metrics: tuple[str, ...] = ()
     """Small JSON outputs DVC shows as metrics (also listed in `outs`)."""
+    folder: str = ""
+    """A folder of working files that holds `outs` (a run's seed folders, which resume
+    reads): DVC tracks the folder whole instead of the files, and keeps it across reruns."""
     gpu: bool = False
     priority: int = 0
     """Snakemake's scheduling priority (the study's `priority`; DVC runs stages in order)."""

@@ -113,7 +113,7 @@ class Synthetic(DatasetKind):
                 args=("data", "synth", name),
                 deps=source_files("data/synthetic.py"),
                 outs=self.files(name),
-                params=(f"datasets.{name}", "scale", "scales"),
+                params=(f"datasets.{name}",),
                 fingerprint=json_digest(ds.model_dump(mode="json")),
             )
         ]
@@ -143,7 +143,7 @@ class Translation(DatasetKind):
         raw = tuple(str(paths.raw_text(name, s, lang)) for s in paths.SPLITS for lang in langs)
         train_text = tuple(str(paths.tokenized(name, "train", lang)) for lang in langs)
         fetched = tuple(f for c in self.corpora(ds) for f in corpus_files(c))
-        settings = (f"datasets.{name}", "scale", "scales")
+        settings = (f"datasets.{name}",)
         digest = json_digest(ds.model_dump(mode="json"))
         return [
             Stage(

@@ -1,4 +1,5 @@
-"""Load a study's runs into DataFrames: one row per (run, seed), and one row per metric record."""
+"""Load a study's runs into DataFrames: one row per (run, seed), and one row per metric record;
+write the study's table and its headline metrics."""
 
 from __future__ import annotations
 
@@ -110,4 +111,18 @@ def write_study_table(cfg: Config, study: str, root: Path = Path(".")) -> Path:
     out = root / paths.study_table(study)
     with atomic.atomic_path(out) as tmp:
         runs.to_csv(tmp, index=False)
+    return out
+
+
+def write_study_metrics(cfg: Config, study: str, root: Path = Path(".")) -> Path:
+    """`{"test_<metric>": {run: value}}` from each run's headline numbers: one column per
+    run in `dvc exp show`, where every number of every run would be hundreds."""
+    table: dict[str, dict] = {}
+    for run in cfg.run_names(study):
+        numbers = json.loads((root / paths.run_metrics(study, run)).read_text())
+        for key, value in numbers.items():
+            if key.startswith("test_"):
+                table.setdefault(key, {})[run] = value
+    out = root / paths.study_metrics(study)
+    atomic.write_json(out, table)
     return out

@@ -6,7 +6,8 @@ tokens and peak memory to `metrics.jsonl`; it evaluates every `eval_every` steps
 checkpoints every `checkpoint_every` steps and at the end, resumes from the checkpoint
 by default, and stops a seed whose loss is NaN/inf with `status: diverged` (a finished
 stage, so the rest of the study goes on). Summaries are written last: the seed's,
-then the run's. What it logs, and its progress lines, are described in train/logs.py.
+then the run's, just after the run's headline numbers and curves (train/curves.py). What it
+logs, and its progress lines, are described in train/logs.py.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tdiag.data.kinds import DatasetKind, kind_of
 from tdiag.errors import UserError
 from tdiag.stage import TRAINING, code_digest
 from tdiag.models import build_model
-from tdiag.train import checkpoint, logs, memory_estimate
+from tdiag.train import checkpoint, curves, logs, memory_estimate
 from tdiag.train.checkpoint import TrainState
 from tdiag.train.logs import log
 from tdiag.train.metrics import ActivationNorms
@@ -122,6 +123,8 @@ def _train_run(cfg: Config, study: str, run: str, root: Path, restart: bool, pro
     finally:
         if choice.slot is not None:
             choice.slot.release()
+    curves.write_run_curves(root, study, run, summary["seeds"])
+    curves.write_run_metrics(root, study, run, summary, workload.best[0])
     atomic.write_json(run_summary, summary)
     return summary
 

@@ -1,0 +1,208 @@
+"""The DVC side: each stage tracks only the keys it reads, dvc.lock matches the stage
+list, outputs are cached (push/pull), and experiments show headline metrics and curves.
+
+The end-to-end tests run real DVC on the tiny configuration cut to the toy study (one
+task run and a two-run grid) and the lm study, in a git repository in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, needs_mirror, tiny_params, write_params
+from tdiag import config, plan
+from tdiag.config import yaml_text
+
+PROJECT_FILES = ("Snakefile", "workflow", "notebooks", "src", ".dvc", ".dvcignore", ".gitignore")
+TOY_TRAIN = {"train_toy_copy", "train_toy_qk_wo_1", "train_toy_qk_wo_2"}
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+
+
+def _repo_dvc() -> dict:
+    return yaml.safe_load(plan.dvc_file(config.load(REPO / "params.yaml"), yaml_text.read(REPO / "params.yaml")))
+
+
+def _path(entry) -> str:
+    """A dep or out: a path (dvc.yaml), {path: options} (dvc.yaml) or {path: ..., hash: ...} (dvc.lock)."""
+    if isinstance(entry, str):
+        return entry
+    return entry["path"] if "path" in entry else next(iter(entry))
+
+
+def _shape(stage: dict) -> dict:
+    """What dvc.lock must agree on with dvc.yaml: command, dep/out paths, param keys (not hashes).
+    dvc.lock lists params as {params.yaml: {key: value}} and metrics among the outs."""
+    params = stage.get("params") or []
+    keys = sorted(params.get("params.yaml", {}) if isinstance(params, dict) else params)
+    return {
+        "cmd": stage["cmd"],
+        "deps": sorted(_path(e) for e in stage.get("deps") or []),
+        "params": keys,
+        "outs": sorted(_path(e) for e in (stage.get("outs") or []) + (stage.get("metrics") or [])),
+    }
+
+
+def _stale(lock: dict, dvc: dict) -> list[str]:
+    """Where dvc.lock disagrees with dvc.yaml: stage names, then each stage's shape."""
+    lock, dvc = lock["stages"], dvc["stages"]
+    if sorted(lock) != sorted(dvc):
+        return [f"stage names: {sorted(set(lock) ^ set(dvc))}"]
+    return [name for name, stage in dvc.items() if _shape(lock[name]) != _shape(stage)]
+
+
+def test_committed_dvc_lock_matches_the_stage_list():
+    lock_file = REPO / "dvc.lock"
+    assert lock_file.is_file(), "dvc.lock is not committed: run `dvc repro` and commit dvc.lock"
+    stale = _stale(yaml.safe_load(lock_file.read_text()), _repo_dvc())
+    assert not stale, f"dvc.lock is stale ({', '.join(stale)}): run `dvc repro` and commit dvc.lock"
+
+
+def test_each_stage_tracks_only_the_keys_it_reads():
+    raw = yaml_text.read(REPO / "params.yaml")
+    stages = _repo_dvc()["stages"]
+    copy = stages["train_toy_copy"]["params"]
+    assert "studies.toy.runs.copy" in copy and "studies.toy.train" in copy and "scale" in copy
+    assert not {"studies.toy", "scales", "studies.toy.runs", "studies.toy.runs.reverse", "studies.lm.train"} & set(copy)
+    assert stages["train_toy_qk_wo_1"]["params"].count("studies.toy.grids.qk_wo") == 1
+    for name, stage in stages.items():
+        for key in stage.get("params", []):  # DVC refuses a key the file does not have
+            node = raw
+            for part in key.split("."):
+                node = node[part]
+        if name.startswith("data_fetch_"):
+            assert "params" not in stage  # the mirror's location changes no fetched byte
+    for scale in ("smoke", "full"):
+        for key, section in (raw["scales"].get(scale) or {}).get("studies", {}).get("toy", {}).items():
+            if key not in ("runs", "grids"):
+                assert f"scales.{scale}.studies.toy.{key}" in copy
+
+
+# ---------------------------------------------------------------------- real DVC
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900, env=ENV)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+def _dvc(*args: str, cwd: Path) -> str:
+    return _run([str(BIN / "dvc"), *args], cwd)
+
+
+def _ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def _small_params() -> dict:
+    params = tiny_params()
+    del params["studies"]["wmt14"]
+    params["datasets"] = {k: params["datasets"][k] for k in ("copy", "wikitext2")}
+    params["studies"]["toy"]["runs"] = {"copy": {"dataset": "copy"}}
+    # A key in each scale section, as in the real file: DVC tracks it and `scale` too.
+    params["scales"] = {s: {"studies": {"toy": {"train": {"eval_every": 20}}}} for s in ("smoke", "full")}
+    return params
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """The small project, committed to git, after a full `dvc repro` (dvc.lock committed)."""
+    if not (REPO.parent / "shared" / "data").is_dir():
+        pytest.skip("offline data mirror not present")
+    project = tmp_path_factory.mktemp("dvc") / "project"
+    project.mkdir()
+    for name in PROJECT_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__", "tmp"))
+        else:
+            shutil.copy2(source, project / name)
+    write_params(project, _small_params())
+    stages = subprocess.run([str(BIN / "tdiag"), "stages", "--dvc"], cwd=project, capture_output=True, text=True,
+                            env=ENV, check=True)
+    (project / "dvc.yaml").write_text(stages.stdout)
+    _run(["git", "init", "-q"], project)
+    _run(["git", "add", "-A"], project)
+    _run(GIT + ["commit", "-qm", "project"], project)
+    _dvc("repro", cwd=project)
+    _run(["git", "add", "dvc.lock"], project)
+    _run(GIT + ["commit", "-qm", "dvc.lock"], project)
+    return project
+
+
+def _copy(built: Path, tmp_path: Path) -> Path:
+    project = tmp_path / "project"
+    shutil.copytree(built, project, symlinks=True)
+    return project
+
+
+@pytest.mark.slow
+@needs_mirror
+def test_a_changed_key_reruns_only_the_stages_that_read_it(built: Path, tmp_path: Path):
+    project = _copy(built, tmp_path)
+    assert "up to date" in _dvc("status", cwd=project)
+    lock, dvc = (yaml.safe_load((project / name).read_text()) for name in ("dvc.lock", "dvc.yaml"))
+    assert not _stale(lock, dvc)  # the check the committed dvc.lock gets, on a lock DVC wrote
+    dvc["stages"]["collect_toy"]["deps"].pop()
+    assert _stale(lock, dvc) == ["collect_toy"]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["studies"]["toy"]["train"]["lr"] = 0.5
+    write_params(project, params)
+    changed = json.loads(_dvc("status", "--json", cwd=project))
+    assert set(changed) == TOY_TRAIN, changed  # downstream stages show once their inputs change
+    ran = _ran(_dvc("repro", cwd=project))
+    assert ran == TOY_TRAIN | {"collect_toy", "report_toy", "report_index"}, ran
+    assert "up to date" in _dvc("status", cwd=project)
+    # A forced rerun keeps the persisted run folder: the finished seed is kept, not retrained.
+    rerun = _dvc("repro", "--force", "--single-item", "train_toy_copy", cwd=project)
+    assert "already finished" in rerun, rerun[-2000:]
+
+
+@pytest.mark.slow
+@needs_mirror
+def test_experiments_show_headline_metrics_and_curves(built: Path, tmp_path: Path):
+    project = _copy(built, tmp_path)
+    for name, lr in (("lr-half", 0.5), ("lr-double", 2.0)):
+        _dvc("exp", "run", "--name", name, "-S", f"studies.toy.train.lr={lr}", cwd=project)
+    shown = json.loads(_dvc("exp", "show", "--json", cwd=project))
+    exps = {e["name"]: e for row in shown for e in [row] + [x for e in row.get("experiments") or []
+                                                             for x in e["revs"]]}
+    for name in ("lr-half", "lr-double"):
+        metrics = exps[name]["data"]["metrics"]["results/toy/metrics.json"]["data"]
+        assert isinstance(metrics["test_exact_match"]["copy"], float), exps[name]["data"]["metrics"]
+        assert "error" not in exps[name]["data"]["metrics"]["results/lm/metrics.json"]
+    table = _dvc("exp", "show", "--only-changed", "--drop", ".*/", "--csv", cwd=project).splitlines()  # README's
+    assert "studies.toy.train.lr" in table[0] and "test_exact_match.copy" in table[0], table[0]
+    assert len(table[0].split(",")) <= 30 and not any("!" in row for row in table), table
+    plots = json.loads(_dvc("plots", "diff", "lr-half", "lr-double", "--json", cwd=project))
+    for plot in ("toy_loss", "toy_lr", "toy_grad_norm", "toy_valid_loss", "lm_loss"):
+        revs = {d["rev"] for d in plots["data"][plot][0]["content"]["data"]["values"]}
+        assert revs == {"lr-half", "lr-double"}, (plot, revs)
+
+
+@pytest.mark.slow
+@needs_mirror
+def test_push_then_pull_restores_every_output(built: Path, tmp_path: Path):
+    project = _copy(built, tmp_path)
+    _dvc("remote", "add", "-d", "local", str(tmp_path / "remote"), cwd=project)
+    _dvc("push", cwd=project)
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    shutil.copy2(project / ".dvc" / "config", clone / ".dvc" / "config")  # the remote, uncommitted here
+    _dvc("pull", cwd=clone)
+    assert "up to date" in _dvc("status", cwd=clone)
+    assert json.loads((clone / "results/runs/toy/copy/summary.json").read_text())["status"] == "completed"
+    assert (clone / "results/runs/toy/copy/seed-0/metrics.jsonl").is_file()
+    assert (clone / "reports/index.html").is_file() and (clone / "results/toy/metrics.json").is_file()
+    assert not list(clone.glob("results/runs/**/checkpoint.pt")), "checkpoints are not cached"
