@@ -17,7 +17,7 @@ from conftest import REPO, needs_mirror, tiny_params, write_params
 from tdiag import config, plan
 from tdiag.config import yaml_text
 
-PROJECT_FILES = ("Snakefile", "workflow", "notebooks", "src", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore")
+PROJECT_FILES = ("workflow", "notebooks", "src", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore")
 
 
 def test_committed_dvc_yaml_is_generated_from_the_stage_list():
