@@ -69,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     report = verbs.add_parser("report", help="render reports/<study>.html, or reports/index.html with 'index'")
     report.add_argument("study")
 
+    estimate = verbs.add_parser(
+        "estimate", help="expected training time of each study at the active scale, from a probe on this machine"
+    )
+    estimate.add_argument("studies", nargs="*", help="studies to estimate (default: all)")
+    estimate.add_argument("--probe-steps", type=int, default=10, help="timed training steps per run (default 10)")
+    estimate.add_argument("--jobs", type=int, default=None,
+                          help="training jobs at once (default: GPUs x devices.jobs_per_gpu, or CPU cores)")
+
     stages = verbs.add_parser("stages", help="print the stage list, or dvc.yaml with --dvc")
     stages.add_argument("--dvc", action="store_true", help="print dvc.yaml generated from the stage list")
     return parser
@@ -120,6 +128,20 @@ def run(argv: list[str]) -> int:
             paths.inside(root, paths.executed_notebook(args.study))
             paths.inside(root, paths.report_page(args.study))
             render.render_study(cfg, args.study, root)
+    elif args.verb == "estimate":
+        studies = args.studies or list(cfg.studies)
+        for study in studies:
+            cfg.study(study)
+        if args.probe_steps < 1 or (args.jobs is not None and args.jobs < 1):
+            raise UserError("--probe-steps and --jobs must be at least 1")
+        import torch
+
+        from tdiag.train.estimate import estimate, table
+
+        gpus = torch.cuda.device_count()
+        jobs = args.jobs or (gpus * cfg.devices.jobs_per_gpu if gpus else os.cpu_count() or 1)
+        description, runs = estimate(cfg, studies, root, args.probe_steps)
+        print(table(cfg, description, runs, jobs))
     elif args.verb == "stages":
         from tdiag import plan
 
