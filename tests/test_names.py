@@ -185,7 +185,7 @@ def test_names_with_dashes_and_dots_make_valid_dvc_stage_names(tmp_path):
 
 
 def _dvc_cmd(*args: str) -> str:
-    text = plan.dvc_yaml([Stage(name="s", args=args, deps=(), outs=("out",))])
+    text = plan.dvc_yaml([Stage(name="s", args=args, deps=(), outs=("out",))], params={})
     return yaml.safe_load(text)["stages"]["s"]["cmd"]
 
 
