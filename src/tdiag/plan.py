@@ -34,6 +34,7 @@ def _report_code(study: str) -> tuple[str, ...]:
     # A missing notebook is named by the stage's own missing input, not here.
     return source_files("report/render.py", *(notebook_modules(notebook) if notebook.is_file() else ()))
 
+
 STUDY_KEYS = tuple(k for k in StudyConfig.model_fields if k not in ("runs", "grids", "priority"))
 """A study's keys that every one of its runs reads. `runs` and `grids` hold one entry
 per run (a run reads only its own); `priority` only orders Snakemake's jobs."""
