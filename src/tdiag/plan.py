@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from tdiag import paths
+from tdiag import paths, resources
 from tdiag.config import SCALES, Config, ConfigError, StudyConfig
 from tdiag.digest import json_digest
 from tdiag.data.kinds import corpus_files, kind_of
@@ -112,6 +112,7 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
                 gpu=True,
                 priority=cfg.studies[study].priority,
                 fingerprint=json_digest([cfg.resolved_scale, rc.model_dump(mode="json")]),
+                resources=resources.training(cfg.resolved_scale, rc, cfg.datasets[rc.dataset]),
             )
         )
     table = str(paths.study_table(study))
@@ -124,6 +125,7 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
             outs=(table, headline),
             metrics=(headline,),
             fingerprint=json_digest(list(cfg.run_names(study))),
+            resources=resources.REPORT,
         )
     )
     stages.append(
@@ -132,6 +134,7 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
             args=("report", study),
             deps=(table, str(paths.notebook(study))) + tuple(summaries) + _report_code(study),
             outs=(str(paths.executed_notebook(study)), str(paths.report_page(study))),
+            resources=resources.REPORT,
         )
     )
     return stages
@@ -157,7 +160,8 @@ def _with_data_priorities(cfg: Config, data: list[Stage]) -> list[Stage]:
 
 def stages(cfg: Config) -> list[Stage]:
     """Every stage of the pipeline, in dependency order."""
-    out = _with_data_priorities(cfg, _data_stages(cfg))
+    data = resources.DATA[cfg.resolved_scale]
+    out = [replace(stage, resources=data) for stage in _with_data_priorities(cfg, _data_stages(cfg))]
     for study in cfg.studies:
         out += _study_stages(cfg, study)
     pages = [str(paths.report_page(s)) for s in cfg.studies]
@@ -170,6 +174,7 @@ def stages(cfg: Config) -> list[Stage]:
             outs=(str(paths.report_index()),),
             params=("scale",),
             fingerprint=json_digest([cfg.scale, cfg.resolved_scale, list(cfg.studies)]),
+            resources=resources.REPORT,
         )
     )
     named: dict[str, Stage] = {}

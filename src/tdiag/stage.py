@@ -137,3 +137,8 @@ class Stage:
     """Snakemake's scheduling priority (the study's `priority`; DVC runs stages in order)."""
     fingerprint: str = field(default="", compare=False)
     """Digest of the resolved settings the stage uses: Snakemake reruns a rule when it changes."""
+    resources: Optional["tdiag.resources.Resources"] = field(default=None, compare=False)
+    """What a scheduler gives the job (tdiag.resources), at the resolved scale: unlike the
+    rest of the record it depends on the scale, so dvc.yaml never holds it. plan.stages
+    sets it on every record. Named, not imported: this module is part of the training
+    code (`source_files`), and editing a rule of thumb must not retrain every run."""

@@ -23,10 +23,13 @@ except tdiag_config.ConfigError as err:
 # Set (or cleared) on every invocation, so a job never sees an earlier run's overrides.
 os.environ[OVERRIDES_ENV] = json.dumps(OVERRIDES)
 TDIAG = [sys.executable, "-m", "tdiag"]
-# CPU threads per training job. The study's models are small enough that a step is
-# dominated by per-op overhead, not arithmetic: one thread per job and one job per
-# core is measured faster than two threads per job (see benchmarks/RESULTS.md).
-TRAIN_THREADS = 1
+
+
+def per_attempt(minutes):
+    """A rule's `runtime`: `minutes` on the first attempt, twice that on the first retry, ..."""
+    return lambda wildcards, attempt: minutes * attempt
+
+
 # The pages and tables `snakemake --report` shows, one category per study.
 REPORT_CATEGORY = {str(paths.report_index()): "index"}
 for _study in CFG.studies:

@@ -1,5 +1,9 @@
 # One rule per stage record; a gpu stage takes one unit of the `gpu` resource and
-# claims its own device at run time (tdiag.devices). The `fingerprint` param is the
+# claims its own device at run time (tdiag.devices). Threads, `mem_mb` and `runtime`
+# (minutes) come from the record (tdiag.resources, sized from the resolved scale); a
+# cluster executor turns them into its submission arguments, `gpu` included (the SLURM
+# plugin: `--gpus=1`), and a retry after the time limit gets the time again per attempt
+# (a training job resumes from its checkpoint). The `fingerprint` param is the
 # digest of the resolved settings the stage uses: Snakemake's params trigger reruns
 # the rule when it changes.
 # Lint "Specify a conda environment or container for each rule." stays: every job runs
@@ -19,10 +23,12 @@ for stage in STAGES:
         params:
             fingerprint=stage.fingerprint,
             cmd=shlex.join(TDIAG + list(stage.args)),
-        threads: TRAIN_THREADS if stage.gpu else 1
+        threads: stage.resources.cpus
         priority: stage.priority
         resources:
             gpu=int(stage.gpu),
+            mem_mb=stage.resources.mem_mb,
+            runtime=per_attempt(stage.resources.runtime_min),
         shell:
             "{params.cmd}" + (" --threads {threads}" if stage.gpu else "") + " > {log} 2>&1"
 
