@@ -40,27 +40,35 @@ def _refuse_to_wait(message: str) -> None:
     raise _Waited(message)
 
 
-def _claim_and_hold(lock_dir, n_slots, hold_seconds, results) -> None:
+def _claim_and_hold(lock_dir, n_slots, hold_seconds, results, jobs_per_device) -> None:
     waited = []
-    with claim_slot(lock_dir, n_slots, poll_seconds=0.05, on_wait=waited.append) as slot:
+    with claim_slot(lock_dir, n_slots, poll_seconds=0.05, on_wait=waited.append,
+                    jobs_per_device=jobs_per_device) as slot:
         start = time.monotonic()
         time.sleep(hold_seconds)
         end = time.monotonic()
     results.put((slot.index, start, end, len(waited)))
 
 
-def test_concurrent_claimers_never_share_a_slot(tmp_path):
+def _claimers(lock_dir, processes: int, n_slots: int, jobs_per_device: int = 1) -> list[tuple]:
+    """Start `processes` jobs that each claim a slot and hold it 0.3 s; their
+    (device index, start, end, times told to wait)."""
     results = _MP.Queue()
     workers = [
-        _MP.Process(target=_claim_and_hold, args=(tmp_path, 2, 0.3, results), daemon=True)
-        for _ in range(4)
+        _MP.Process(target=_claim_and_hold, args=(lock_dir, n_slots, 0.3, results, jobs_per_device), daemon=True)
+        for _ in range(processes)
     ]
     for worker in workers:
         worker.start()
-    records = [results.get(timeout=10) for _ in workers]
+    records = [results.get(timeout=20) for _ in workers]
     for worker in workers:
         worker.join(timeout=5)
         assert worker.exitcode == 0
+    return records
+
+
+def test_concurrent_claimers_never_share_a_slot(tmp_path):
+    records = _claimers(tmp_path, processes=4, n_slots=2)
 
     assert {index for index, *_ in records} == {0, 1}
     for index in (0, 1):
@@ -416,29 +424,11 @@ def test_jobs_per_gpu_spreads_over_the_devices_then_shares_them(tmp_path):
 def test_jobs_per_gpu_slots_exclude_across_processes(tmp_path):
     """Six processes over one simulated device with three slots: never more than three
     hold it at once."""
-    results = _MP.Queue()
-    workers = [
-        _MP.Process(target=_claim_shared_and_hold, args=(tmp_path, 3, 0.3, results), daemon=True)
-        for _ in range(6)
-    ]
-    for worker in workers:
-        worker.start()
-    intervals = [results.get(timeout=20) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=5)
-        assert worker.exitcode == 0
+    intervals = [(start, end) for _, start, end, _ in _claimers(tmp_path, processes=6, n_slots=1, jobs_per_device=3)]
     for start, _ in intervals:
         holding = sum(1 for s, e in intervals if s <= start < e)
         assert holding <= 3
     assert max(sum(1 for s, e in intervals if s <= start < e) for start, _ in intervals) >= 2
-
-
-def _claim_shared_and_hold(lock_dir, jobs, hold_seconds, results) -> None:
-    with claim_slot(lock_dir, 1, poll_seconds=0.05, jobs_per_device=jobs):
-        start = time.monotonic()
-        time.sleep(hold_seconds)
-        end = time.monotonic()
-    results.put((start, end))
 
 
 def test_jobs_per_gpu_is_passed_to_the_claim(tmp_path, monkeypatch):
