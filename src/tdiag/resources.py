@@ -5,8 +5,9 @@ counts `gpu` and the threads, and a cluster executor turns all of them into its
 submission arguments (the SLURM plugin: `--cpus-per-task`, `--mem`, `-t`, `--gpus`).
 They follow the resolved scale: `smoke` is sized for one CPU core, `full` for one GPU
 (params.yaml). A training stage also takes one GPU at every scale (`Stage.gpu`): it
-trains on a GPU wherever one is given, and the local `gpu` resource counts those jobs. Every figure is a rule of thumb with its measurement beside it, chosen to
-be an upper bound: a job that outgrows its wall time is killed by the scheduler, and a
+trains on a GPU wherever one is given, and the local `gpu` resource counts those jobs.
+Every figure is a rule of thumb with its measurement beside it, chosen to be an upper
+bound: a job that outgrows its wall time is killed by the scheduler, and a
 training job then resumes from its checkpoint on the retry, which gets twice the time
 (the rule's `runtime` grows with Snakemake's `attempt`).
 """
