@@ -248,9 +248,20 @@ class ModelConfig(Frozen):
     max_len: Annotated[int, Field(ge=2, le=MAX_LENGTH)] = 64
     """Longest sequence the position table covers (transformers)."""
     init: InitConfig = InitConfig()
+    checkpointing: Literal["none", "blocks"] = "none"
+    """Activation checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear
+    Memory Cost"): 'blocks' keeps only each Transformer block's input for backward and
+    recomputes the block's activations there, trading about one more forward pass for
+    memory; the gradients are the same (tests/test_checkpointing.py). Training only:
+    evaluation and decoding run the blocks plainly. The LSTM has no blocks."""
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelConfig":
+        if self.arch == "lstm" and self.checkpointing != "none":
+            raise ValueError(
+                f"checkpointing '{self.checkpointing}' needs Transformer blocks and arch 'lstm' has none; "
+                "set model.checkpointing: none or model.arch: gpt or encoder_decoder"
+            )
         if self.arch == "lstm" and self.tie_embeddings and self.hidden_size not in (None, self.d_model):
             raise ValueError(
                 f"tie_embeddings needs hidden_size == d_model for an LSTM (got {self.hidden_size} and {self.d_model})"

@@ -11,6 +11,8 @@ the same thing in both families:
   alike: generation step by step passes a `DecodingCache` through the same layers.
 - `tie_embeddings`: the output projection's weight is the token embedding (Press &
   Wolf 2017); its bias stays a separate parameter.
+- `checkpointing`: 'blocks' recomputes each layer's activations in backward
+  (models/checkpointing.py).
 
 Initialisation follows `cfg.init` (models/init.py). With tied embeddings the shared
 matrix gets the token-embedding initialisation: init_weights sets Linear weights first
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 from tdiag.config import ModelConfig
 from tdiag.models.init import init_weights
 from tdiag.models.attention import KVCache
+from tdiag.models.checkpointing import run_block
 from tdiag.models.transformer import DecodingCache, InputEmbedding, LearnedPositions, SelfAttentionLayer, _final_norm
 
 
@@ -41,6 +44,7 @@ class GPT(nn.Module):
         # No padding mask: LM segments are dense, and `causal` alone lets SDPA take its
         # flash/efficient causal kernels on GPU.
         self.layers = nn.ModuleList(SelfAttentionLayer(cfg, causal=True) for _ in range(cfg.n_layers))
+        self.checkpointing = cfg.checkpointing == "blocks"
         self.norm = _final_norm(cfg)
         self.output = nn.Linear(cfg.d_model, vocab_size)
         if cfg.tie_embeddings:
@@ -63,5 +67,8 @@ class GPT(nn.Module):
         cached keys and values instead of recomputing the prefix."""
         x = self.embed(tokens, start=0 if cache is None else cache.length)  # (B, T, d); refuses past max_len
         for i, layer in enumerate(self.layers):
-            x = layer(x, cache=None if cache is None else cache.self_attn[i])
+            if cache is None:
+                x = run_block(layer, self.checkpointing, x)
+            else:
+                x = layer(x, cache=cache.self_attn[i])
         return self.output(self.norm(x))  # (B, T, V)

@@ -13,6 +13,8 @@ Departures from the paper are named options of `ModelConfig`, never silent:
   searches with it; models/gpt.py generates the same way).
 - Embeddings are not multiplied by sqrt(d_model) (section 3.4); `init.embedding_std`
   sets their scale instead (models/init.py).
+- `checkpointing`: 'blocks' recomputes each encoder and decoder layer's activations
+  in backward (models/checkpointing.py), an engineering choice the paper does not make.
 
 Source and target have separate token embeddings and separate position tables; the
 output projection (`generator`) is not tied to the target embedding.
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 
 from tdiag.config import ModelConfig
 from tdiag.models.attention import KVCache, MultiHeadAttention
+from tdiag.models.checkpointing import run_block
 from tdiag.models.init import init_weights
 
 
@@ -212,10 +215,11 @@ class Encoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(SelfAttentionLayer(cfg) for _ in range(cfg.n_encoder_layers))
         self.norm = _final_norm(cfg)
+        self.checkpointing = cfg.checkpointing == "blocks"
 
     def forward(self, x: Tensor, src_pad: Tensor) -> Tensor:
         for layer in self.layers:
-            x = layer(x, src_pad)
+            x = run_block(layer, self.checkpointing, x, src_pad)
         return self.norm(x)  # (B, S, d)
 
 
@@ -224,12 +228,16 @@ class Decoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
         self.norm = _final_norm(cfg)
+        self.checkpointing = cfg.checkpointing == "blocks"
 
     def forward(
         self, x: Tensor, memory: Tensor | None, src_pad: Tensor, cache: DecodingCache | None = None
     ) -> Tensor:
         for i, layer in enumerate(self.layers):
-            x = layer(x, memory, src_pad, None if cache is None else (cache.self_attn[i], cache.memory[i]))
+            if cache is None:
+                x = run_block(layer, self.checkpointing, x, memory, src_pad)
+            else:
+                x = layer(x, memory, src_pad, (cache.self_attn[i], cache.memory[i]))
         return self.norm(x)  # (B, T, d)
 
 
