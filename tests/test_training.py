@@ -152,10 +152,15 @@ def test_bf16_autocast_trains_on_cpu(tiny_project: Path, precision: str):
 def test_gradient_accumulation_matches_one_big_batch(tiny_project: Path, tmp_path: Path):
     tdiag("--set", "studies.toy.train.max_steps=5", "train", "toy", "copy", "--threads", "1", cwd=tiny_project)
     whole = [r["loss"] for r in records(tiny_project)]
+    assert records(tiny_project, "grad_quality") == [], "one micro-batch: nothing to compare"
     tdiag("--set", "studies.toy.train.max_steps=5", "--set", "studies.toy.train.micro_batches=5",
           "train", "toy", "copy", "--threads", "1", cwd=tiny_project)
     accumulated = [r["loss"] for r in records(tiny_project)]
     assert accumulated == pytest.approx(whole, rel=1e-4)
+    # Each evaluation (step 0 and the last step here) compares the two gradients.
+    quality = records(tiny_project, "grad_quality")
+    assert [(r["step"], r["micro_batches"]) for r in quality] == [(0, 5), (5, 5)]
+    assert all(r["grad_cosine"] > 1 - 1e-6 and r["grad_rel_diff"] < 1e-5 for r in quality)
 
 
 @pytest.mark.slow

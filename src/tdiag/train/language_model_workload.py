@@ -85,7 +85,7 @@ class LanguageModelWorkload:
         inputs, targets = segment(self.data["train"], index * self.bptt, self.bptt)  # (B, L) each
         micro = list(zip(inputs.chunk(self.micro_batches), targets.chunk(self.micro_batches)))
         n_tokens = targets.numel()
-        return StepBatch(micro, n_tokens, {"tokens": n_tokens})
+        return StepBatch(micro, n_tokens, {"tokens": n_tokens}, whole=(inputs, targets))
 
     def _logits(self, model, inputs: torch.Tensor, state):
         """Next-token logits (B, L, V) and the state to carry (LSTM) or None (GPT)."""

@@ -5,9 +5,11 @@ optimizer step it records loss, lr, global grad norm, activation norms, step tim
 tokens and peak memory to `metrics.jsonl`; it evaluates every `eval_every` steps,
 checkpoints every `checkpoint_every` steps and at the end, resumes from the checkpoint
 by default, and stops a seed whose loss is NaN/inf with `status: diverged` (a finished
-stage, so the rest of the study goes on). Summaries are written last: the seed's,
-then the run's, just after the run's headline numbers and curves (train/curves.py). What it
-logs, and its progress lines, are described in train/logs.py.
+stage, so the rest of the study goes on). With micro-batches, each evaluation also
+compares the accumulated gradient with the full-batch one (train/grad_quality.py).
+Summaries are written last: the seed's, then the run's, just after the run's headline
+numbers and curves (train/curves.py). What it logs, and its progress lines, are
+described in train/logs.py.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from tdiag.data.kinds import DatasetKind, kind_of
 from tdiag.errors import UserError
 from tdiag.stage import TRAINING, code_digest
 from tdiag.models import build_model
-from tdiag.train import checkpoint, curves, logs, memory_estimate
+from tdiag.train import checkpoint, curves, grad_quality, logs, memory_estimate
 from tdiag.train.checkpoint import TrainState
 from tdiag.train.logs import log
 from tdiag.train.metrics import ActivationNorms
@@ -206,11 +208,23 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
             metrics_file.write(json.dumps(record, sort_keys=True) + "\n")
             metrics_file.flush()
 
+        def measure_grad_quality(step: int) -> None:
+            """With micro-batches: the accumulated gradient against the full-batch one, on
+            the next step's batch (train/grad_quality.py)."""
+            if tc.micro_batches == 1:
+                return
+            result = grad_quality.measure(model, workload, step + 1, tc, device, scaler)
+            norms.pop()  # its forward passes are not a training step's
+            emit({"kind": "grad_quality", "step": step, "micro_batches": tc.micro_batches, **result})
+            log.info("gradient of %d micro-batches vs the whole batch after step %d: cosine %.9f, "
+                     "relative difference %.3g", tc.micro_batches, step, result["grad_cosine"], result["grad_rel_diff"])
+
         # Held-out curves are on valid; a workload may also follow other splits (e.g. train).
         eval_splits = workload.eval_splits
         if state.step == 0:  # the untrained baseline anchors every curve
             for split in eval_splits:
                 emit({"kind": "eval", "split": split, "step": 0, "epoch": 0.0, **evaluate_logged(split, 0)})
+            measure_grad_quality(0)
             progress.restart_clock(0)  # a one-off: the step rate is measured without it
         model.train()
         while state.step < total_steps:
@@ -232,6 +246,7 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
                     result = evaluate_logged(split, step)
                     emit({"kind": "eval", "split": split, "step": step, "epoch": step / workload.steps_per_epoch,
                           "wall_seconds": time.perf_counter() - started, **result})
+                measure_grad_quality(step)
             if step % tc.checkpoint_every == 0 or step == total_steps:
                 state.elapsed_seconds = time.perf_counter() - started
                 checkpoint.save(

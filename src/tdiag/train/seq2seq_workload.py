@@ -94,9 +94,11 @@ class Seq2SeqWorkload:
         else:
             indices = batch_indices(len(train), self.batch_size, seed, step - 1)
         micro = [train.batch(chunk, self.pad_id) for chunk in indices.chunk(self.micro_batches)]
+        whole = micro[0] if self.micro_batches == 1 else train.batch(indices, self.pad_id)
         n_tokens = sum(int((tgt[:, 1:] != self.pad_id).sum()) for _, tgt in micro)
         n_src = sum(int((src != self.pad_id).sum()) for src, _ in micro)
-        return StepBatch(micro, n_tokens, {"tokens": n_tokens, "src_tokens": n_src, "sentences": len(indices)})
+        return StepBatch(micro, n_tokens, {"tokens": n_tokens, "src_tokens": n_src, "sentences": len(indices)},
+                         whole=whole)
 
     def loss(self, model, micro, n_tokens: int, label_smoothing: float) -> torch.Tensor:
         """Summed token loss of one micro-batch divided by the step's token count, so

@@ -26,6 +26,10 @@ class StepBatch:
     """Tokens the step's loss is averaged over, across all its micro-batches."""
     stats: dict
     """Extra fields of the step's metrics record (e.g. `tokens`, `sentences`)."""
+    whole: Any
+    """The step's batch un-split, in the same format as a micro-batch (its loss is also
+    divided by `n_tokens`): the full-batch gradient that train/grad_quality.py compares
+    the accumulated one with."""
 
 
 @runtime_checkable
