@@ -564,3 +564,15 @@ def test_cli_validate_accepts_the_committed_params(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "valid (scale smoke -> smoke)" in done.stdout
     assert not (tmp_path / "results").exists()
+
+
+def test_checkpointing_an_lstm_is_refused_naming_both_keys(raw):
+    raw["studies"]["lm"]["runs"]["01-lstm-1l-adam"].setdefault("model", {})["checkpointing"] = "blocks"
+    message = _error(raw)
+    assert "studies.lm.runs.01-lstm-1l-adam.model" in message
+    assert "model.checkpointing" in message and "model.arch" in message
+
+
+def test_unsupported_precision_is_stop_or_record(raw):
+    raw["studies"]["toy"]["train"]["unsupported_precision"] = "skip"
+    assert "'studies.toy.train.unsupported_precision'; allowed: 'stop' or 'record'" in _error(raw)

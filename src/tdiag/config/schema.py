@@ -303,6 +303,11 @@ class TrainConfig(Frozen):
     clip_grad_norm: Optional[Annotated[float, Field(gt=0)]] = 1.0
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    unsupported_precision: Literal["stop", "record"] = "stop"
+    """When the device cannot train in `precision` (fp16 without CUDA, bf16 without native
+    support): 'stop' refuses the run with a one-line error; 'record' finishes it untrained
+    with `status: unsupported` and the reason (train/unsupported.py), so a study's other
+    runs go on. Either way the run never trains in another precision."""
     eval_every: Optional[Annotated[int, Field(ge=1, le=MAX_STEPS)]] = 100
     """Steps between evaluations; null: at the end of every epoch."""
     eval_examples: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] = 500
@@ -351,7 +356,9 @@ class RunConfig(Frozen):
 
     def digest(self, extra: Any = None) -> str:
         """Identity of the run's configuration (and `extra`, e.g. its dataset's config)."""
-        return json_digest([self.model_dump(mode="json", exclude={"seeds"}), extra])
+        # What happens to a run the device cannot train is not part of what it trains.
+        dumped = self.model_dump(mode="json", exclude={"seeds": True, "train": {"unsupported_precision"}})
+        return json_digest([dumped, extra])
 
     def seed_values(self) -> list[int]:
         return [self.train.seed + i for i in range(self.seeds)]

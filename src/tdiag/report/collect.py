@@ -13,6 +13,11 @@ from tdiag.config import Config
 from tdiag.errors import UserError
 
 
+UNSUPPORTED = "unsupported"
+"""The status of a run the device could not train in its precision (train/unsupported.py):
+one row per seed in `load_runs`, with its `reason` and no scores, and no records."""
+
+
 def _flatten(prefix: str, obj: dict) -> dict:
     out = {}
     for key, value in obj.items():
@@ -49,7 +54,10 @@ def load_runs(root: str | Path, study: str) -> pd.DataFrame:
         run = run_summary["run"]
         for seed_summary in run_summary["per_seed"]:
             seed = seed_summary["seed"]
-            provenance = json.loads((root / paths.seed_config(study, run, seed)).read_text())
+            if run_summary["status"] == UNSUPPORTED:  # no seed trained: its provenance is the run's
+                provenance = run_summary["provenance"]
+            else:
+                provenance = json.loads((root / paths.seed_config(study, run, seed)).read_text())
             row = {k: v for k, v in seed_summary.items() if not isinstance(v, (dict, list))}
             for split in ("test", "valid"):
                 row.update(_flatten(f"{split}.", seed_summary.get(split) or {}))
@@ -73,11 +81,14 @@ def load_runs(root: str | Path, study: str) -> pd.DataFrame:
 
 
 def load_metrics(root: str | Path, study: str) -> pd.DataFrame:
-    """Every per-step and evaluation record of the study's finished runs, with run and seed columns."""
+    """Every per-step and evaluation record of the study's finished runs, with run and seed
+    columns (a run recorded as unsupported has none)."""
     root = Path(root)
     frames = []
     for run_summary in finished_runs(root, study):
         run = run_summary["run"]
+        if run_summary["status"] == UNSUPPORTED:
+            continue
         for seed in run_summary["seeds"]:
             lines = (root / paths.seed_metrics(study, run, seed)).read_text().splitlines()
             frame = pd.DataFrame([json.loads(line) for line in lines if line.strip()])

@@ -76,7 +76,8 @@ def with_labels(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 
 def steps_to_threshold(metrics: pd.DataFrame, runs: pd.DataFrame, y: str = "exact_match", threshold: float = 0.99) -> pd.DataFrame:
     """Per run: the median over seeds of the first eval step with `y` >= threshold, or
-    "not reached (best ...)", and each seed's fate (a diverged seed is listed as such)."""
+    "not reached (best ...)", and each seed's fate (a diverged seed, or one not trained as
+    its precision was unsupported, is listed as such)."""
     evals = metrics[metrics["kind"] == "eval"]
     rows = []
     for run, group in runs.groupby("run", sort=False):
@@ -88,6 +89,8 @@ def steps_to_threshold(metrics: pd.DataFrame, runs: pd.DataFrame, y: str = "exac
             hit = curve[curve[y] >= threshold]
             if seed_row["status"] == "diverged":
                 fates.append(f"seed {seed}: diverged at step {int(seed_row['diverged_step'])}")
+            elif seed_row["status"] == "unsupported":
+                fates.append(f"seed {seed}: not trained ({seed_row['reason']})")
             elif len(hit):
                 reached.append(int(hit["step"].iloc[0]))
             else:

@@ -38,11 +38,12 @@ def index_html(cfg: Config, root: Path = Path(".")) -> str:
         starts += list(runs["started_at"])
         finishes += list(runs["finished_at"])
         diverged = int((runs["status"] == "diverged").sum())
+        trained = int((runs["status"] != "unsupported").sum())  # a precision the device could not do
         link = paths.report_page(study).name
         question = STUDY_QUESTIONS.get(study, "")
         rows.append(
             f"<tr><td><a href='{link}'>{html.escape(study)}</a></td><td>{html.escape(question)}</td>"
-            f"<td>{runs['run'].nunique()}</td><td>{len(runs)}</td><td>{diverged}</td></tr>"
+            f"<td>{runs['run'].nunique()}</td><td>{trained}</td><td>{diverged}</td></tr>"
         )
     hardware = devices.hardware_description()
     gpus = ", ".join(hardware.get("gpus") or []) or "none"

@@ -31,7 +31,7 @@ from tdiag.data.kinds import DatasetKind, kind_of
 from tdiag.errors import UserError
 from tdiag.stage import TRAINING, code_digest
 from tdiag.models import build_model
-from tdiag.train import checkpoint, curves, grad_quality, logs, memory_estimate
+from tdiag.train import checkpoint, curves, grad_quality, logs, memory_estimate, unsupported
 from tdiag.train.checkpoint import TrainState
 from tdiag.train.logs import log
 from tdiag.train.metrics import ActivationNorms
@@ -87,6 +87,8 @@ def train_run(cfg: Config, study: str, run: str, *, root: Path = Path("."), rest
 
     Every check (dataset present and readable, device, precision, memory estimate) comes
     before any file of the run is touched: a refused command leaves a finished run as it was.
+    A precision the device cannot do is refused too, or with `train.unsupported_precision:
+    record` the run is written as finished and untrained (train/unsupported.py).
     A progress line is logged every `progress_every` seconds of wall time (train/logs.py).
     """
     with logs.about(study, run), logs.to_stderr():  # the run's log file opens once the checks have passed
@@ -101,16 +103,27 @@ def _train_run(cfg: Config, study: str, run: str, root: Path, restart: bool, pro
                                    jobs_per_gpu=cfg.devices.jobs_per_gpu)
     try:
         reason = devices.supports_precision(choice.device, rc.train.precision)
-        if reason:
-            raise ConfigError(f"studies.{study}.runs.{run}.train.precision: {reason}")
+        if reason and rc.train.unsupported_precision == "stop":
+            raise ConfigError(
+                f"studies.{study}.runs.{run}.train.precision: {reason} (or set train.unsupported_precision: "
+                "record to record the run as unsupported)"
+            )
         loading = time.perf_counter()
         workload = kind.workload(root / kind.folder(rc.dataset), meta, rc.train, choice.device)
         loaded = time.perf_counter() - loading
-        memory_estimate.check(f"studies.{study}.runs.{run}", rc.model, rc.train, workload.vocab_sizes, choice.device)
+        if not reason:
+            memory_estimate.check(f"studies.{study}.runs.{run}", rc.model, rc.train, workload.vocab_sizes,
+                                  choice.device)
 
         run_summary = root / paths.run_summary(study, run)
         run_summary.unlink(missing_ok=True)  # its presence must always mean "finished"
         atomic.remove_temporaries(run_summary)
+        if reason:  # never trained in another precision
+            with logs.to_file(root / paths.run_log(study, run)):
+                log.warning("not trained on %s: %s; recorded as %s (train.unsupported_precision: record)",
+                            choice.description, reason, unsupported.STATUS)
+            summary = unsupported.run_summary(study, run, rc, reason, choice.description, cfg.resolved_scale)
+            return _finish(root, summary, [], workload.best[0])
         with logs.to_file(root / paths.run_log(study, run)):
             log.info("run on %s, dataset %s (loaded in %s), seeds %s", choice.description, rc.dataset,
                      logs.duration(loaded), rc.seed_values())
@@ -125,9 +138,15 @@ def _train_run(cfg: Config, study: str, run: str, root: Path, restart: bool, pro
     finally:
         if choice.slot is not None:
             choice.slot.release()
-    curves.write_run_curves(root, study, run, summary["seeds"])
-    curves.write_run_metrics(root, study, run, summary, workload.best[0])
-    atomic.write_json(run_summary, summary)
+    return _finish(root, summary, summary["seeds"], workload.best[0])
+
+
+def _finish(root: Path, summary: dict, trained_seeds: list[int], metric: str) -> dict:
+    """Write the run's curves (from `trained_seeds`), headline numbers, then its summary, last."""
+    study, run = summary["study"], summary["run"]
+    curves.write_run_curves(root, study, run, trained_seeds)
+    curves.write_run_metrics(root, study, run, summary, metric)
+    atomic.write_json(root / paths.run_summary(study, run), summary)
     return summary
 
 
