@@ -265,6 +265,10 @@ def test_train_lm_writes_a_perplexity_per_epoch(tmp_path: Path, run: str):
     assert evals[-1]["perplexity"] < evals[0]["perplexity"] / 2
     steps = records(project, run, "train")
     assert all(r["tokens"] > 0 and r["step_time"] > 0 and r["peak_memory_bytes"] > 0 for r in steps)
+    blocks = ("act_norm/embedding", "act_norm/lstm") if run == LSTM_RUN else ("act_norm/layer.0", "final_ln/grad_norm")
+    assert all(r[key] > 0 for r in steps for key in (*blocks, "grad_norm/layer.0", "saved_bytes"))
+    config = json.loads((project / paths.seed_config("lm", run, 0)).read_text())
+    assert config["tokens_per_step"] == 10 * 10 == steps[0]["tokens"]  # batch_size x bptt
     assert seed["best_valid"]["metric"] == "perplexity"
     assert seed["best_valid"]["value"] == min(r["perplexity"] for r in evals)
     assert set(seed["test"]) == {"loss", "perplexity", "tokens"}

@@ -38,8 +38,11 @@ def test_run_folder_holds_config_metrics_checkpoint_and_summary(tiny_project: Pa
 
     steps = records(tiny_project)
     assert [r["step"] for r in steps] == list(range(1, 61))
-    for key in ("loss", "lr", "grad_norm", "step_time", "tokens", "peak_memory_bytes", "act_norm/encoder.0"):
+    for key in ("loss", "lr", "grad_norm", "step_time", "tokens", "peak_memory_bytes", "saved_bytes",
+                "act_norm/encoder.0", "act_norm/decoder.0", "grad_norm/encoder.0", "grad_norm/decoder.0",
+                "final_ln/weight_norm", "final_ln/grad_norm"):
         assert all(r[key] is not None for r in steps), key
+    assert config["tokens_per_step"] is None  # a copy batch's target tokens depend on its padding
     assert steps[0]["tokens"] == 50 * 5  # 50 sequences x (4 symbols + <stop>) predicted tokens
     assert steps[-1]["loss"] < steps[0]["loss"] / 2
     evals = records(tiny_project, "eval")
@@ -51,6 +54,11 @@ def test_run_folder_holds_config_metrics_checkpoint_and_summary(tiny_project: Pa
     assert result["status"] == "completed" and result["seeds"] == [0]
     first = result["per_seed"][0]
     assert first["steps"] == 60 and first["test"]["examples"] == 20
+    assert result["memory_measure"] == first["memory_measure"] == "cpu_tensor_bytes"
+    assert first["saved_bytes_max"] == max(r["saved_bytes"] for r in steps) > 0
+    assert first["peak_memory_bytes"] == steps[-1]["peak_memory_bytes"] == result["peak_memory_bytes"] == (
+        first["parameter_bytes"] + first["gradient_bytes"] + first["optimizer_state_bytes"] + first["saved_bytes_max"])
+    assert first["parameter_bytes"] == first["gradient_bytes"] == 4 * config["parameters"]
     assert result["test"]["exact_match"] == first["test"]["exact_match"]
     assert len(first["samples"]) == 5 and {"source", "reference", "hypothesis"} <= set(first["samples"][0])
 

@@ -381,7 +381,8 @@ def retain_freed_host_memory() -> bool:
 
 
 def peak_memory_bytes(device: torch.device) -> int:
-    """Peak memory so far: tensors allocated on a GPU, or the process's peak RSS on CPU."""
+    """Peak memory so far: tensors allocated on a GPU, or the process's peak RSS on CPU
+    (for the benchmarks; a training run measures its own, train/memory.py)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

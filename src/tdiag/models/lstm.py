@@ -124,7 +124,8 @@ class LSTMLanguageModel(nn.Module):
     between segments for truncated backpropagation through time.
 
     There is no `layers` attribute: the fused nn.LSTM exposes no per-layer module to
-    hook, so activation norms are not recorded for this family.
+    hook, so the activation norms recorded for this family are the embedding's output
+    and the stack's (train/metrics.py).
     """
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):

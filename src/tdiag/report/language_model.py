@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -25,6 +26,11 @@ ARCHITECTURES = {"lstm": "LSTM", "gpt": "GPT"}
 OPTIMIZERS = ["adam", "adamw", "sgd", "momentum"]
 """Table and legend order: the adaptive methods first, then plain and momentum SGD."""
 X_AXES = {"epoch": "epoch", "wall_seconds": "wall-clock time"}
+MEMORY_MEASURES = {
+    "cuda_max_allocated": "peak allocated CUDA memory",
+    "cpu_tensor_bytes": "tensor bytes held (parameters, gradients, optimizer state, activations saved for backward)",
+}
+"""A seed summary's `memory_measure` (train/memory.py) in words."""
 
 
 def _run_id(run: str) -> float:
@@ -112,6 +118,12 @@ def results_table(epochs: pd.DataFrame, runs: pd.DataFrame, order: str = "id") -
         }
     )
     return out.set_index("id")
+
+
+def memory_measure(runs: pd.DataFrame) -> str:
+    """What the runs' peak memory is, in words (each measure the runs used, as their
+    devices differ); measured over each seed's training steps, evaluations left out."""
+    return "; ".join(MEMORY_MEASURES[m] for m in runs["memory_measure"].dropna().unique())
 
 
 def _whole(values: pd.Series) -> pd.Series:
@@ -232,12 +244,13 @@ def overfitting(epochs: pd.DataFrame):
     return fig
 
 
-def cost_bars(results: pd.DataFrame):
-    """Peak memory and training throughput per run."""
+def cost_bars(results: pd.DataFrame, runs: pd.DataFrame):
+    """Peak memory (titled with its measure, `memory_measure`) and training throughput per run."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     labels = results["run"]
     axes[0].barh(labels, results["peak memory (MiB)"], color="tab:blue")
     axes[0].set_xlabel("peak memory (MiB)")
+    axes[0].set_title(textwrap.fill(memory_measure(runs), 60), fontsize=9)
     axes[1].barh(labels, results["train tokens/s"], color="tab:green")
     axes[1].set_xlabel("training tokens per second")
     for ax in axes:

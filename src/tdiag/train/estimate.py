@@ -20,7 +20,7 @@ from tdiag import devices
 from tdiag.config import Config
 from tdiag.data.kinds import kind_of
 from tdiag.models import build_model
-from tdiag.train.loop import _read_meta, _train_step
+from tdiag.train.loop import Watch, read_meta, train_step
 from tdiag.train.optim import build_optimizer
 
 WARMUP_STEPS = 3
@@ -49,18 +49,20 @@ def estimate_run(cfg: Config, study: str, run: str, device: torch.device, root: 
     rc = cfg.run(study, run)
     tc = rc.train
     kind = kind_of(cfg.datasets[rc.dataset])
-    workload = kind.workload(root / kind.folder(rc.dataset), _read_meta(root, rc.dataset, kind), tc, device)
+    workload = kind.workload(root / kind.folder(rc.dataset), read_meta(root, rc.dataset, kind), tc, device)
     steps = tc.max_steps or tc.epochs * workload.steps_per_epoch
     eval_every = tc.eval_every or workload.steps_per_epoch
     torch.manual_seed(tc.seed)
     model = build_model(rc.model, *workload.vocab_sizes, workload.pad_id).to(device)
     optimizer = build_optimizer(model.parameters(), tc)
     scaler = torch.amp.GradScaler(device.type) if tc.precision == "fp16" else None
+    watch = Watch(model, optimizer, device)  # a step's measurements are part of its time
     model.train()
     times = [
-        _train_step(model, optimizer, scaler, workload, tc, step, device)["step_time"]
+        train_step(model, optimizer, scaler, workload, tc, step, device, watch)["step_time"]
         for step in range(1, WARMUP_STEPS + probe_steps + 1)
     ][WARMUP_STEPS:]
+    watch.remove()
     began = time.perf_counter()
     for split in workload.eval_splits:
         workload.evaluate(model, split, tc.eval_examples)

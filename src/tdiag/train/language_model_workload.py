@@ -59,6 +59,8 @@ class LanguageModelWorkload:
                 raise UserError(f"dataset '{meta['name']}', {split} split: {err}") from None
         self.micro_batches = train.micro_batches
         self.steps_per_epoch = n_segments(self.data["train"], self.bptt)
+        # Every segment but an epoch's last, which is shorter (`segment`).
+        self.tokens_per_step = train.batch_size * self.bptt
         self._state = None  # the LSTM's (h, c) after the last training segment
 
     @property

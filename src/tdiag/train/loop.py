@@ -1,15 +1,16 @@
 """The one training loop: every model and study trains through `train_run`.
 
 A run trains one configuration for each of its seeds, each in `seed-<n>/`. Per
-optimizer step it records loss, lr, global grad norm, activation norms, step time,
-tokens and peak memory to `metrics.jsonl`; it evaluates every `eval_every` steps,
-checkpoints every `checkpoint_every` steps and at the end, resumes from the checkpoint
-by default, and stops a seed whose loss is NaN/inf with `status: diverged` (a finished
-stage, so the rest of the study goes on). With micro-batches, each evaluation also
-compares the accumulated gradient with the full-batch one (train/grad_quality.py).
-Summaries are written last: the seed's, then the run's, just after the run's headline
-numbers and curves (train/curves.py). What it logs, and its progress lines, are
-described in train/logs.py.
+optimizer step it records loss, lr, global and per-block grad norms, the final
+LayerNorm's norms, activation norms, step time, tokens, the bytes saved for backward
+and the seed's peak memory so far (train/memory.py) to `metrics.jsonl`; it evaluates
+every `eval_every` steps, checkpoints every `checkpoint_every` steps and at the end,
+resumes from the checkpoint by default, and stops a seed whose loss is NaN/inf with
+`status: diverged` (a finished stage, so the rest of the study goes on). With
+micro-batches, each evaluation also compares the accumulated gradient with the
+full-batch one (train/grad_quality.py). Summaries are written last: the seed's, then
+the run's, just after the run's headline numbers and curves (train/curves.py). What it
+logs, and its progress lines, are described in train/logs.py.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
@@ -34,7 +36,8 @@ from tdiag.models import build_model
 from tdiag.train import checkpoint, curves, grad_quality, logs, memory_estimate, unsupported
 from tdiag.train.checkpoint import TrainState
 from tdiag.train.logs import log
-from tdiag.train.metrics import ActivationNorms
+from tdiag.train.memory import MemoryMeter
+from tdiag.train.metrics import ActivationNorms, GradientNorms, as_floats
 from tdiag.train.optim import build_optimizer, build_scheduler
 from tdiag.train.workload import Workload
 
@@ -74,7 +77,7 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _read_meta(root: Path, dataset: str, kind: DatasetKind) -> dict:
+def read_meta(root: Path, dataset: str, kind: DatasetKind) -> dict:
     path = root / kind.meta_file(dataset)
     if not path.exists():
         raise UserError(f"dataset '{dataset}' not found at {path}; run its data stages first (`tdiag stages`)")
@@ -98,7 +101,7 @@ def train_run(cfg: Config, study: str, run: str, *, root: Path = Path("."), rest
 def _train_run(cfg: Config, study: str, run: str, root: Path, restart: bool, progress_every: float) -> dict:
     rc = cfg.run(study, run)
     kind = kind_of(cfg.datasets[rc.dataset])  # its files and its workload (batches, loss, evaluation)
-    meta = _read_meta(root, rc.dataset, kind)
+    meta = read_meta(root, rc.dataset, kind)
     choice = devices.select_device(Path(cfg.devices.lock_dir) if cfg.devices.lock_dir else None, on_wait=log.info,
                                    jobs_per_gpu=cfg.devices.jobs_per_gpu)
     try:
@@ -198,13 +201,15 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
     if saved is None:
         files.checkpoint.unlink(missing_ok=True)
 
-    atomic.write_json(files.config, {**_provenance(cfg, rc, files, choice, model), "config_digest": digest})
+    atomic.write_json(files.config, {**_provenance(cfg, rc, files, choice, model, workload),
+                                     "config_digest": digest})
     atomic.write_jsonl(files.metrics, state.records)  # drops records past the checkpoint
     started = time.perf_counter() - state.elapsed_seconds
-    norms = ActivationNorms(model)
+    watch = Watch(model, optimizer, device, [r for r in state.records if r["kind"] == "train"])
 
     def evaluate(split: str, decode_limit):
-        return workload.evaluate(model, split, decode_limit)
+        with watch.memory.paused():
+            return workload.evaluate(model, split, decode_limit)
 
     def evaluate_logged(split: str, step: int) -> dict:
         began = time.perf_counter()
@@ -232,8 +237,8 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
             the next step's batch (train/grad_quality.py)."""
             if tc.micro_batches == 1:
                 return
-            result = grad_quality.measure(model, workload, step + 1, tc, device, scaler)
-            norms.pop()  # its forward passes are not a training step's
+            with watch.memory.paused():  # it holds the whole batch's activations: not a training step's
+                result = grad_quality.measure(model, workload, step + 1, tc, device, scaler)
             emit({"kind": "grad_quality", "step": step, "micro_batches": tc.micro_batches, **result})
             log.info("gradient of %d micro-batches vs the whole batch after step %d: cosine %.9f, "
                      "relative difference %.3g", tc.micro_batches, step, result["grad_cosine"], result["grad_rel_diff"])
@@ -248,9 +253,8 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
         model.train()
         while state.step < total_steps:
             step = state.step + 1
-            record = _train_step(model, optimizer, scaler, workload, tc, step, device)
-            record.update(norms.pop(), epoch=step / workload.steps_per_epoch,
-                          wall_seconds=time.perf_counter() - started)
+            record = train_step(model, optimizer, scaler, workload, tc, step, device, watch)
+            record.update(epoch=step / workload.steps_per_epoch, wall_seconds=time.perf_counter() - started)
             if not math.isfinite(record["loss"]):
                 emit({**record, "diverged": True})
                 status, diverged_step = "diverged", step
@@ -272,7 +276,8 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
                     files.checkpoint, digest=digest, state=state, workload=workload.state_dict(),
                     model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                 )
-    norms.remove()
+    watch.remove()
+    memory = watch.memory.summary()  # training's, before the final evaluation
 
     finished = status == "completed"
     final_splits = ("test", "valid", "train") if "train" in eval_splits else ("test", "valid")
@@ -295,7 +300,7 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
         "best_valid": _best(evals, *workload.best),
         "wall_seconds": time.perf_counter() - started,
         "resumed_from": state.resumed_from,
-        "peak_memory_bytes": devices.peak_memory_bytes(device),
+        **memory,
         "device": str(device),
         "finished_at": _now(),
         "config_digest": digest,
@@ -335,21 +340,41 @@ def _best(evals: list[dict], metric: str, direction: str) -> dict | None:
     return {"metric": metric, "value": best[metric], "step": best["step"]}
 
 
-def _train_step(model, optimizer, scaler, workload: Workload, tc, step: int, device) -> dict:
+class Watch:
+    """What a training step measures besides its loss: one seed's memory (train/memory.py),
+    and its activation and gradient norms (train/metrics.py). `earlier`: the train records
+    kept from before a resume."""
+
+    def __init__(self, model, optimizer, device: torch.device, earlier: Iterable[dict] = ()):
+        self.memory = MemoryMeter(model, optimizer, device, earlier)
+        self.activations = ActivationNorms(model)
+        self.gradients = GradientNorms(model)
+
+    @contextlib.contextmanager
+    def forward(self):
+        """Around one micro-batch's training forward (not its backward, which may recompute)."""
+        with self.memory.micro_batch(), self.activations.recording():
+            yield
+
+    def remove(self) -> None:
+        self.activations.remove()
+
+
+def train_step(model, optimizer, scaler, workload: Workload, tc, step: int, device, watch: Watch) -> dict:
     """One optimizer step over `batch_size` examples split into `micro_batches` chunks."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
     began = time.perf_counter()
     batch = workload.train_batch(step, tc.seed)
     loss_total = torch.zeros((), device=device)
     for micro in batch.micro:
-        with _autocast(device, tc.precision):
+        with _autocast(device, tc.precision), watch.forward():
             loss = workload.loss(model, micro, batch.n_tokens, tc.label_smoothing)
         (scaler.scale(loss) if scaler else loss).backward()
         loss_total += loss.detach()
     if scaler:
         scaler.unscale_(optimizer)
+    gradient_norms = watch.gradients.measure()  # before clipping
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm or float("inf"))
     loss_value = float(loss_total)
     lr = optimizer.param_groups[0]["lr"]
@@ -360,6 +385,8 @@ def _train_step(model, optimizer, scaler, workload: Workload, tc, step: int, dev
         else:
             optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    norms = as_floats({**gradient_norms, **watch.activations.pop()})
+    memory = watch.memory.end_step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return {
@@ -370,7 +397,8 @@ def _train_step(model, optimizer, scaler, workload: Workload, tc, step: int, dev
         "grad_norm": float(grad_norm),
         "step_time": time.perf_counter() - began,
         **batch.stats,
-        "peak_memory_bytes": devices.peak_memory_bytes(device),
+        **norms,
+        **memory,
     }
 
 
@@ -395,12 +423,13 @@ def _run_summary(study: str, run: str, rc: RunConfig, seeds: list[dict]) -> dict
         "valid": mean["valid"],
         "wall_seconds": sum(s["wall_seconds"] for s in seeds),
         "peak_memory_bytes": max(s["peak_memory_bytes"] for s in seeds),
+        "memory_measure": ", ".join(sorted({s["memory_measure"] for s in seeds})),
         "per_seed": seeds,
         "finished_at": _now(),
     }
 
 
-def _provenance(cfg: Config, rc: RunConfig, files: SeedFiles, choice, model) -> dict:
+def _provenance(cfg: Config, rc: RunConfig, files: SeedFiles, choice, model, workload: Workload) -> dict:
     return {
         "study": files.study,
         "run": files.run,
@@ -408,6 +437,7 @@ def _provenance(cfg: Config, rc: RunConfig, files: SeedFiles, choice, model) -> 
         "config": rc.model_dump(mode="json"),
         "seed": rc.train.seed,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "tokens_per_step": workload.tokens_per_step,
         "device": choice.description,
         "hardware": devices.hardware_description(),
         "git": provenance.git_commit(),

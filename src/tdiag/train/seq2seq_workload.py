@@ -50,6 +50,7 @@ class Seq2SeqWorkload:
         self.splits = {s: load_pairs(paths.pairs_file(folder, s), self.pad_id) for s in paths.SPLITS}
         self.batch_size, self.micro_batches, self.device = train.batch_size, train.micro_batches, device
         self.beam_size = train.beam_size
+        self.tokens_per_step = None  # padding and length buckets vary a step's target tokens
         self.tgt_tokens = meta["tgt_tokens"]
         self.text = meta.get("text") if (meta.get("text") or {}).get("kind") == "bpe" else None
         if self.text:

@@ -46,6 +46,10 @@ class Workload(Protocol):
     """Metric names (keys of `evaluate`'s result) written to the log after an evaluation."""
     best: tuple[str, str]
     """(metric, 'max' or 'min'): the headline metric that picks a seed's best validation step."""
+    tokens_per_step: Optional[int]
+    """Target tokens of a full optimizer step as configured (recorded in each seed's
+    config.json), or None where the count depends on the batch drawn (padding, length
+    buckets); each step's own count is its record's `tokens`."""
 
     @property
     def vocab_sizes(self) -> tuple[int, int]:
