@@ -47,6 +47,7 @@ def tiny_params(extra: dict | None = None) -> dict:
     params["data"]["mirror"] = str(MIRROR)
     _tiny_lm(params)
     _tiny_wmt14(params)
+    _tiny_lab(params)
     params["scales"] = {"smoke": {}, "full": {}}
     return _merge(params, extra or {})
 
@@ -59,6 +60,32 @@ def _tiny_lm(params: dict) -> None:
     lm["model"].update(d_model=16, n_heads=2, d_ff=32, dropout=0.0)
     lm["train"].update(epochs=1, batch_size=10, bptt=20, checkpoint_every=100)
     lm["runs"] = {name: lm["runs"][name] for name in ("01-lstm-1l-adam", "06-gpt-1l-adamw")}
+
+
+def _tiny_lab(params: dict) -> None:
+    """The lab in seconds: its seven grids, each with as few cells as still compare
+    something, on the tiny lm data (3,000 training tokens), a 16-wide 2-layer GPT."""
+    lab = params["studies"]["lab"]
+    lab["model"].update(n_layers=2, d_model=16, n_heads=2, d_ff=32, dropout=0.0, max_len=64)
+    lab["train"].update(epochs=1, bptt=20, batch_size=10, checkpoint_every=100)
+    short = {"epochs": None, "max_steps": 6, "eval_every": 3}
+    grids = lab["grids"]
+    grids["lr_batch"] = {"vary": {"train.lr": [1.0e-3, 1.0e-2], "train.batch_size": [5, 10]}}
+    grids["optimizer_lr"]["vary"]["optimizer"] = [
+        {"train.optimizer": "momentum", "train.lr": 0.03}, {"train.optimizer": "adam", "train.lr": 1.0e-3},
+        {"train.optimizer": "adamw", "train.lr": 1.0e-3},
+    ]
+    grids["optimizer_lr"]["overrides"] = {"train": short}
+    grids["checkpointing"]["overrides"] = {"train": short}
+    grids["micro_batches"] = {"vary": {"train.micro_batches": [1, 2]}, "overrides": {"train": short}}
+    grids["precision"]["overrides"]["train"].update(short)
+    grids["attention_length"] = {
+        "vary": {"model.attention": ["manual", "sdpa"],
+                 "context": [{"train.bptt": 16, "train.batch_size": 4}, {"train.bptt": 64, "train.batch_size": 1}]},
+        "overrides": {"train": short},
+    }
+    grids["norm_warmup"] = {"vary": {"model.norm": ["pre", "post"], "train.warmup_steps": [0, 3]},
+                            "overrides": {"model": {"n_layers": 3}, "train": short}}
 
 
 def _tiny_wmt14(params: dict) -> None:

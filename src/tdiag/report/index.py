@@ -15,6 +15,8 @@ STUDY_QUESTIONS = {
     "toy": "Does the from-scratch Transformer learn simple tasks, and which init choices, positions and warmup matter?",
     "wmt14": "Is the whole translation path right (tokenisation, BPE, model, decoding, BLEU)? Overfit 1,024 WMT14 en-fr pairs.",
     "lm": "LSTM vs GPT language models on WikiText-2, by depth and optimizer: perplexity, wall-clock, memory.",
+    "lab": "What each training choice costs and buys: learning rate x batch, optimizers, activation checkpointing, "
+           "micro-batching, precision, attention implementation vs context, pre/post-LN x warmup.",
 }
 
 STYLE = """
