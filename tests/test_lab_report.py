@@ -102,6 +102,6 @@ def test_attention_length_reports_the_ratio_at_each_end():
         cells.append({"run": f"attention_length-{n}", "grid": "attention_length", "valid_loss": 6.0,
                       "saved_bytes": saved, "config": {"model.attention": attention, "train.bptt": bptt}})
     table, text = _lab(cells).attention_length()
-    assert table.loc[256, "manual / sdpa activations"] == 8.0
-    assert "kept 8.00x its activation bytes per step (at 32 tokens: 1.00x and 2.00x)" in text
-    assert "the memory gap grows with the context" in text
+    assert table.loc[256, "manual - sdpa activations (MiB)"] == round(1400 / 2**20, 2)
+    assert "at 32 tokens 0.0 MiB more" in text
+    assert "the gap grows 14.0x from the shortest context to the longest" in text

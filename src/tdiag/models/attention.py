@@ -61,14 +61,18 @@ def manual_attention(
 def sdpa_attention(
     q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], is_causal: bool, dropout_p: float
 ) -> Tensor:
-    """PyTorch's fused kernel; `is_causal` without a mask lets it use flash attention on GPU.
+    """PyTorch's fused kernel; `is_causal` without a mask lets it use flash attention.
 
-    On the CPU, SDPA's own choice (its CPU flash kernel) costs more than its math kernel
-    at the short sequences and many small heads of these studies: 17.1 vs 13.9 ms per
-    copy-task step, and no faster on the GPT LM (benchmarks/RESULTS.md). So the CPU is
-    asked for the math kernel; GPUs keep SDPA's choice of flash / memory-efficient kernels.
+    On the CPU, SDPA's flash kernel takes neither a dropout rate nor, cheaply, a padding
+    mask: with a mask it cost more than the math kernel at the short sequences and many
+    small heads of these studies (17.1 vs 13.9 ms per copy-task step, benchmarks/RESULTS.md),
+    so a masked call is sent to the math kernel. A causal call without a mask (the GPT's
+    blocks, a decoder's self-attention) keeps SDPA's own choice: its CPU flash kernel was
+    1.4-2.9x faster than the math kernel on the op alone, forward and backward, from 6 to
+    512 tokens, and keeps no T x T weights for backward (the lab's attention grid). With
+    dropout SDPA itself falls back to the math kernel. GPUs keep SDPA's choice throughout.
     """
-    if q.device.type == "cpu":
+    if q.device.type == "cpu" and mask is not None:
         with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
