@@ -168,15 +168,17 @@ class Lab:
         for optimizer, group in cells.groupby("train.optimizer", sort=False):
             done = group[group["status"] == "completed"]
             best = done.loc[done["valid_loss"].idxmin()] if not done.empty else None
-            row = {"optimizer": optimizer,
-                   "best lr": best["train.lr"] if best is not None else None,
-                   "best validation loss": best["valid_loss"] if best is not None else None,
-                   "best validation perplexity": best["valid_perplexity"] if best is not None else None,
-                   "best run": best.name if best is not None else None}
-            for _, cell in group.iterrows():
-                row[f"loss at lr {_rate(cell['train.lr'])}"] = (
-                    round(cell["valid_loss"], 3) if cell["status"] == "completed" else cell["status"])
-            rows.append(row)
+            rows.append({
+                "optimizer": optimizer,
+                "best lr": best["train.lr"] if best is not None else None,
+                "best validation loss": best["valid_loss"] if best is not None else None,
+                "best validation perplexity": best["valid_perplexity"] if best is not None else None,
+                "best run": best.name if best is not None else None,
+                "validation loss at each rate": " · ".join(
+                    f"{_rate(c['train.lr'])}: " + (f"{c['valid_loss']:.3f}" if c["status"] == "completed" else c["status"])
+                    for _, c in group.sort_values("train.lr").iterrows()
+                ),
+            })
         table = pd.DataFrame(rows).set_index("optimizer")
         ranked = table.dropna(subset=["best validation loss"]).sort_values("best validation loss")
         if ranked.empty:
@@ -270,7 +272,7 @@ class Lab:
     def precision(self) -> tuple[pd.DataFrame, str]:
         cells = self.cells("precision").set_index("train.precision", drop=False)
         table = self._cost_table(cells, "train.precision")
-        table["not run because"] = cells["reason"].values
+        table["not run because"] = cells["reason"].fillna("").values
         if "fp32" not in cells.index or cells.loc["fp32", "status"] != "completed":
             return table, "The fp32 reference cell did not complete: " + str(cells["status"].to_dict()) + "."
         base = cells.loc["fp32"]
