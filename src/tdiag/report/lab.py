@@ -364,6 +364,22 @@ class Lab:
         )
         return table, text
 
+    def every_cell(self) -> pd.DataFrame:
+        """Every run of every grid: its varied values, status and costs."""
+        variants = self.runs.drop_duplicates("run").set_index("run")["variant"]
+        frames = {}
+        for grid in EXPERIMENTS:
+            cells = self.cells(grid)
+            frames[grid] = pd.DataFrame({
+                "variant": variants.reindex(cells.index).fillna(""),
+                "status": cells["status"],
+                "validation loss": cells["valid_loss"].round(4),
+                "step time (ms, median)": (cells["step_seconds"] * 1000).round(1),
+                "activations saved per step (MiB)": (cells["saved_bytes"] / MIB).round(2),
+                "peak memory (MiB)": (cells["peak_bytes"] / MIB).round(1),
+            })
+        return pd.concat(frames, names=["grid", "run"])
+
     # --------------------------------------------------------------------- summary
 
     def findings(self) -> dict[str, str]:
