@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU checks for the day a device is lent (issue 14, item 4; issue 15, item 5): one
-# script, at most 8 minutes on one GPU, one summary at the end.
+# script, at most 10 minutes on one GPU, one summary at the end.
 #
 #   1. pytest -m gpu            the test files that carry the `gpu` marker
 #   2. LM throughput            benchmarks/lm_throughput.py in fp32 and bf16: tokens/s and
@@ -10,10 +10,13 @@
 #                               and step time at 1,024 tokens, fp32 and bf16
 #   4. full-scale toy run       `tdiag --set scale=full data synth copy` then
 #                               `train toy copy` in a temporary folder, its summary.json
-#   5. DDP                      skipped with the reason (tdiag has no DDP yet)
+#   5. lab GPU paths            the lab's checkpointing, precision and attention_length
+#                               cells at full scale (issue 12: experiments 3, 5, 6), one
+#                               line each: status, median step, saved bytes, peak memory
+#   6. DDP                      skipped with the reason (tdiag has no DDP yet)
 #
 # Every check runs under its own `timeout`, and the sum of the budgets stays inside
-# GPU_CHECK_BUDGET_S (default 460 s), so the script ends within 8 minutes whatever hangs;
+# GPU_CHECK_BUDGET_S (default 560 s), so the script ends within 10 minutes whatever hangs;
 # a failed or timed-out check is reported and the next one still runs.
 #
 # The GPU machine has its own python3 and PyTorch and no network, and the project pins
@@ -30,7 +33,7 @@
 #
 # The wheels are installed (into /tmp/site, first on PYTHONPATH) only where pydantic,
 # sacremoses or subword-nmt cannot be imported. Logs: one file per check and
-# gpu_check_summary.txt, under $OUT when it is set (at most 7 files), else in a
+# gpu_check_summary.txt, under $OUT when it is set (at most 8 files), else in a
 # temporary folder the summary names.
 #
 # Without CUDA, or with GPU_CHECK_QUICK=1, every check runs at a small size (a few
@@ -40,7 +43,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 PY=${PYTHON:-python3}
 START=$SECONDS
-TOTAL=${GPU_CHECK_BUDGET_S:-460}
+TOTAL=${GPU_CHECK_BUDGET_S:-560}
 LOGS=${OUT:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
 mkdir -p "$LOGS" && LOGS=$(cd "$LOGS" && pwd)
 SUMMARY=$LOGS/gpu_check_summary.txt
@@ -154,14 +157,15 @@ note "$(grep -E '^(device|sdpa|manual)' "$LOGS/attention_memory.log")"
 TOY=$(mktemp -d /tmp/gpu_check_toy.XXXXXX)
 cp params.yaml "$TOY/"
 if [ "$QUICK" = 1 ]; then
-    SCALE=(--set scale=smoke --set studies.toy.train.max_steps=60 --set studies.toy.train.eval_every=20)
+    SCALE=(--set scale=smoke --set scales.smoke.studies.toy.train.max_steps=60
+           --set scales.smoke.studies.toy.train.eval_every=20)
     TOY_RUN="toy run at smoke scale, 60 steps (toy/copy)"
 else
     SCALE=(--set scale=full)
     TOY_RUN="full-scale toy run (toy/copy)"
 fi
 (cd "$TOY" && check "toy data (copy)" 30 toy_run.log "$PY" -m tdiag "${SCALE[@]}" data synth copy) \
-    && (cd "$TOY" && check "$TOY_RUN" 240 toy_run.log "$PY" -m tdiag "${SCALE[@]}" train toy copy)
+    && (cd "$TOY" && check "$TOY_RUN" 170 toy_run.log "$PY" -m tdiag "${SCALE[@]}" train toy copy)
 "$PY" - "$TOY/results/runs/toy/copy" >>"$LOGS/toy_run.log" 2>&1 <<'EOF'
 """One line per seed from seed-*/summary.json (also after a timeout), then the run's own."""
 import json, sys
@@ -191,7 +195,63 @@ EOF
 note "$(grep -E '^toy/copy' "$LOGS/toy_run.log")"
 rm -rf "$TOY"
 
-# ------------------------------------------------------------------ 5. DDP
+# ------------------------------------------------------------------ 5. lab GPU paths
+# Experiments 3, 5 and 6 of the lab (activation checkpointing, precision, attention vs
+# context): their cells at full scale, on the mirror's WikiText-2, in a temporary folder.
+LAB=$(mktemp -d /tmp/gpu_check_lab.XXXXXX)
+cp params.yaml "$LAB/"
+if [ "$QUICK" = 1 ]; then
+    LAB_SCALE=(--set scale=smoke)
+else
+    LAB_SCALE=(--set scale=full)
+fi
+LAB_RUNS=$("$PY" -m tdiag --params "$LAB/params.yaml" stages 2>/dev/null \
+    | grep -oE 'train lab (checkpointing|precision|attention_length)-[0-9]+' | awk '{print $3}' | tr '\n' ' ')
+if [ -z "$CORPUS" ]; then
+    note ""
+    note "## lab GPU paths: SKIPPED, no .gpu-data/wikitext-2-mini (benchmarks/fetch_gpu_wheels.sh makes it)"
+else
+    MIRROR=$(cd "$(dirname "$CORPUS")" && pwd)
+    LAB_SCALE+=(--set "data.mirror=$MIRROR")
+    # shellcheck disable=SC2016
+    (cd "$LAB" && check "lab data (wikitext2)" 60 lab.log bash -c '"$0" -m tdiag "$@" data fetch wikitext2 &&
+        "$0" -m tdiag "$@" data prepare wikitext2' "$PY" "${LAB_SCALE[@]}") \
+    && (cd "$LAB" && check "lab cells: $LAB_RUNS" 180 lab.log bash -c \
+        'py=$1; shift; runs=$1; shift; for run in $runs; do "$py" -m tdiag "$@" train lab "$run" || exit 1; done' \
+        _ "$PY" "$LAB_RUNS" "${LAB_SCALE[@]}")
+    # shellcheck disable=SC2086
+    "$PY" - "$LAB/results/runs/lab" $LAB_RUNS >>"$LOGS/lab.log" 2>&1 <<'EOF'
+"""One line per lab cell from its summary.json and metrics.jsonl (also after a timeout)."""
+import json, statistics, sys
+from pathlib import Path
+
+root = Path(sys.argv[1])
+for run in sys.argv[2:]:
+    summary = root / run / "summary.json"
+    if not summary.is_file():
+        print(f"lab/{run}: no summary.json (not run or not finished)")
+        continue
+    s = json.loads(summary.read_text())
+    if s["status"] == "unsupported":
+        print(f"lab/{run}: unsupported: {s['reason']}")
+        continue
+    seed = s["per_seed"][0]
+    folder = root / run / f"seed-{seed['seed']}"
+    config = json.loads((folder / "config.json").read_text())["config"]
+    train = [json.loads(line) for line in (folder / "metrics.jsonl").open()]
+    train = [r for r in train if r.get("kind") == "train"]
+    print(f"lab/{run}: {s['status']}, attention {config['model']['attention']}, checkpointing "
+          f"{config['model']['checkpointing']}, {config['train']['precision']}, T {config['train']['bptt']} x "
+          f"{config['train']['batch_size']}, median step {1000 * statistics.median(r['step_time'] for r in train):.1f} ms, "
+          f"saved {statistics.median(r['saved_bytes'] for r in train) / 2**20:.1f} MiB/step, "
+          f"peak {seed['peak_memory_bytes'] / 2**20:.1f} MiB ({seed['memory_measure']}), "
+          f"valid loss {(s['valid'] or {}).get('loss')}")
+EOF
+    note "$(grep -E '^lab/' "$LOGS/lab.log")"
+fi
+rm -rf "$LAB"
+
+# ------------------------------------------------------------------ 6. DDP
 N_GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 note ""
 if grep -rqs "DistributedDataParallel" src/tdiag; then

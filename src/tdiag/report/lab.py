@@ -205,6 +205,7 @@ class Lab:
         return pd.DataFrame({
             label: cells[label] if label in cells else cells.index,
             "status": cells["status"],
+            "tokens per step": cells["tokens"],
             "step time (ms, median)": (cells["step_seconds"] * 1000).round(1),
             "tokens / s": cells["tokens_per_second"].round(0),
             "activations saved per step (MiB, median)": (cells["saved_bytes"] / MIB).round(2),
