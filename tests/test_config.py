@@ -545,7 +545,7 @@ def test_cli_unknown_run_exits_2_before_writing(tmp_path):
 def test_cli_unknown_study_exits_2(tmp_path):
     done = _tdiag(tmp_path, "--params", str(PARAMS), "--set", "scale=smoke", "collect", "nope")
     assert done.returncode == 2
-    assert done.stderr == "tdiag: error: unknown study 'nope'; studies: toy, wmt14, lm\n"
+    assert done.stderr == "tdiag: error: unknown study 'nope'; studies: toy, wmt14, lm, lab\n"
 
 
 def test_validate_with_an_explicit_scale_does_not_import_torch():

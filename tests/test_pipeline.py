@@ -16,6 +16,7 @@ import pytest
 from conftest import REPO, needs_mirror, tiny_params, write_params
 from tdiag import config, plan
 from tdiag.config import yaml_text
+from tdiag.report.lab import EXPERIMENTS
 
 PROJECT_FILES = ("workflow", "notebooks", "src", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore")
 
@@ -81,6 +82,12 @@ def _check_outputs(project: Path) -> None:
     page = (project / "reports/lm.html").read_text()
     assert "data:image/png;base64" in page and "WikiText-2 (offline re-split)" in page
     assert "lm.html" in index
+    page = (project / "reports/lab.html").read_text()
+    for grid in EXPERIMENTS:  # every section, each with its figure and its computed finding
+        assert f'id="{grid}"' in page
+    assert page.count("Finding:") == len(EXPERIMENTS) and "data:image/png;base64" in page
+    assert "fp16 was not run: fp16 with a grad scaler needs a CUDA device" in page
+    assert "lab.html" in index
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from test_pipeline import _check_outputs, _project_copy, _run
 from tdiag import config
 from tdiag.cli import OVERRIDES_ENV, env_overrides
 from tdiag.config import ConfigError
+from tdiag.stage import stage_name
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 LINT_REASON = re.compile(r'^# Lint "(?P<title>[^"]+)" stays: \S', re.MULTILINE)
@@ -64,7 +65,12 @@ def test_each_study_has_a_target_rule_that_builds_its_page_and_what_it_needs(tmp
         "wmt14": {"data_fetch_wmt14", "data_prepare_wmt14_en_fr", "bpe_learn_wmt14_en_fr", "bpe_apply_wmt14_en_fr",
                   "train_wmt14_overfit", "collect_wmt14", "report_wmt14", "wmt14"},
     }
-    assert set(expected) == set(config.load(project / "params.yaml").studies)
+    cfg = config.load(project / "params.yaml")
+    expected["lab"] = {"data_fetch_wikitext2", "data_prepare_wikitext2", "collect_lab", "report_lab", "lab"} | {
+        stage_name("train", "lab", run) for run in cfg.run_names("lab")
+    }
+    assert len(expected["lab"]) == 5 + 22  # the tiny lab's seven grids hold 22 cells
+    assert set(expected) == set(cfg.studies)
     for study, rules in expected.items():
         assert set(_dry_run(project, study)) == rules
 
@@ -156,7 +162,7 @@ def test_a_study_target_and_the_report_archive_hold_the_study_pages(killed_then_
     _run(SNAKEMAKE + ["--report", "report.zip"], project)
     with zipfile.ZipFile(project / "report.zip") as archive:
         names = archive.namelist()
-        for page in ("toy.html", "wmt14.html", "lm.html", "index.html"):
+        for page in ("toy.html", "wmt14.html", "lm.html", "lab.html", "index.html"):
             [member] = [n for n in names if n.endswith(f"/{page}") and "/data/raw/" in n]
             assert archive.read(member) == (project / "reports" / page).read_bytes()
-        assert sum(n.endswith("/runs.csv") for n in names) == 3
+        assert sum(n.endswith("/runs.csv") for n in names) == 4
