@@ -63,16 +63,17 @@ def sdpa_attention(
 ) -> Tensor:
     """PyTorch's fused kernel; `is_causal` without a mask lets it use flash attention.
 
-    On the CPU, SDPA's flash kernel takes neither a dropout rate nor, cheaply, a padding
-    mask: with a mask it cost more than the math kernel at the short sequences and many
-    small heads of these studies (17.1 vs 13.9 ms per copy-task step, benchmarks/RESULTS.md),
-    so a masked call is sent to the math kernel. A causal call without a mask (the GPT's
-    blocks, a decoder's self-attention) keeps SDPA's own choice: its CPU flash kernel was
-    1.4-2.9x faster than the math kernel on the op alone, forward and backward, from 6 to
-    512 tokens, and keeps no T x T weights for backward (the lab's attention grid). With
+    On the CPU, SDPA's flash kernel pays off only in float32 without a mask: one thread,
+    forward and backward, causal, the flash kernel took 0.37-3.80 ms against the math
+    kernel's 0.76-5.36 ms from 16 to 512 tokens (512 tokens per call, 2 heads of 32) and
+    keeps no T x T weights for backward (the lab's attention grid); in bfloat16 (autocast)
+    it was 2-4.6x slower at 30-64 tokens, and with a padding mask it cost more than the
+    math kernel at the copy task's sizes (17.1 vs 13.9 ms per step), benchmarks/RESULTS.md.
+    So the CPU keeps SDPA's own choice for an unmasked float32 call (the GPT's blocks, a
+    decoder's self-attention in fp32) and is sent to the math kernel otherwise; with
     dropout SDPA itself falls back to the math kernel. GPUs keep SDPA's choice throughout.
     """
-    if q.device.type == "cpu" and mask is not None:
+    if q.device.type == "cpu" and (mask is not None or q.dtype != torch.float32):
         with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
