@@ -105,3 +105,16 @@ def test_attention_length_reports_the_ratio_at_each_end():
     assert table.loc[256, "manual - sdpa activations (MiB)"] == round(1400 / 2**20, 2)
     assert "at 32 tokens 0.0 MiB more" in text
     assert "the gap grows 14.0x from the shortest context to the longest" in text
+
+
+@pytest.mark.parametrize(("blocks_time", "phrase"), [(0.015, "at 1.50x the median step time (each block's forward"),
+                                                      (0.008, "the recomputation's cost did not show through")])
+def test_checkpointing_finding_states_the_time_it_measured(blocks_time, phrase):
+    cells = [
+        {"run": "checkpointing-1", "grid": "checkpointing", "valid_loss": 5.0, "step_time": 0.01, "saved_bytes": 400,
+         "peak": 1000, "config": {"model.checkpointing": "none"}},
+        {"run": "checkpointing-2", "grid": "checkpointing", "valid_loss": 5.0, "step_time": blocks_time,
+         "saved_bytes": 100, "peak": 700, "config": {"model.checkpointing": "blocks"}},
+    ]
+    _, text = _lab(cells).checkpointing()
+    assert phrase in text and "(75% less)" in text and "agree within 1e-3" in text
