@@ -202,7 +202,7 @@ class Lab:
 
     def _cost_table(self, cells: pd.DataFrame, label: str) -> pd.DataFrame:
         return pd.DataFrame({
-            label: cells[label] if label in cells else cells.index,
+            label: cells[label],
             "status": cells["status"],
             "tokens per step": cells["tokens"],
             "step time (ms, median)": (cells["step_seconds"] * 1000).round(1),
