@@ -22,7 +22,7 @@ from conftest import REPO, needs_mirror, tiny_params, write_params
 from tdiag import config, plan
 from tdiag.config import yaml_text
 
-PROJECT_FILES = ("workflow", "notebooks", "src", ".dvc", ".dvcignore", ".gitignore")
+PROJECT_FILES = ("workflow", "notebooks", "src", "claims.yaml", ".dvc", ".dvcignore", ".gitignore")
 TOY_TRAIN = {"train_toy_copy", "train_toy_qk_wo_1", "train_toy_qk_wo_2"}
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}

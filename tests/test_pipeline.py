@@ -18,7 +18,7 @@ from tdiag import config, plan
 from tdiag.config import yaml_text
 from tdiag.report.lab import EXPERIMENTS
 
-PROJECT_FILES = ("workflow", "notebooks", "src", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore")
+PROJECT_FILES = ("workflow", "notebooks", "src", "claims.yaml", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore")
 
 
 def test_committed_dvc_yaml_is_generated_from_the_stage_list():
@@ -88,6 +88,12 @@ def _check_outputs(project: Path) -> None:
     assert page.count("Finding:") == len(EXPERIMENTS) and "data:image/png;base64" in page
     assert "fp16 was not run: fp16 with a grad scaler needs a CUDA device" in page
     assert "lab.html" in index
+    for study in ("toy", "wmt14", "lm", "lab"):  # each page opens with its claims, judged from its runs
+        page = (project / f"reports/{study}.html").read_text()
+        verdicts = json.loads((project / f"results/{study}/verdicts.json").read_text())["verdicts"]
+        assert verdicts and page.count("runs read:") == len(verdicts), study
+        assert page.index("Verdicts:") < page.index("data:image/png;base64"), f"{study}: verdicts come first"
+    assert "headline result" in index and "The references' claims (claims.yaml), judged from these runs" in index
 
 
 @pytest.mark.slow

@@ -88,7 +88,14 @@ def run(argv: list[str]) -> int:
     root = Path(".")
 
     if args.verb == "validate":
-        print(f"{args.params}: valid (scale {cfg.scale} -> {cfg.resolved_scale})")
+        from tdiag.report import claims
+
+        found = "not here (the report pages need it)"
+        if (root / paths.CLAIMS).is_file():
+            checked = claims.load(root / paths.CLAIMS)
+            claims.check(checked, cfg, root / paths.CLAIMS)
+            found = f"{len(checked.claims)} claims"
+        print(f"{args.params}: valid (scale {cfg.scale} -> {cfg.resolved_scale}); {paths.CLAIMS}: {found}")
     elif args.verb == "data" and args.data_verb == "fetch":
         from tdiag.data.fetch import fetch_corpus
 
@@ -127,6 +134,7 @@ def run(argv: list[str]) -> int:
             cfg.study(args.study)
             paths.inside(root, paths.executed_notebook(args.study))
             paths.inside(root, paths.report_page(args.study))
+            paths.inside(root, paths.study_verdicts(args.study))
             render.render_study(cfg, args.study, root)
     elif args.verb == "estimate":
         studies = args.studies or list(cfg.studies)

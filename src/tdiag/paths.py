@@ -34,6 +34,8 @@ SPLITS = ("train", "valid", "test")
 
 
 RESOURCES = Path("resources")
+CLAIMS = Path("claims.yaml")
+"""The references' claims and the rules that judge them (report/claims.py)."""
 
 
 def check_name(name: str) -> str:
@@ -160,6 +162,11 @@ def seed_log(study: str, run: str, seed: int) -> Path:
 
 def study_table(study: str) -> Path:
     return RESULTS / check_name(study) / "runs.csv"
+
+
+def study_verdicts(study: str) -> Path:
+    """The study's claims of claims.yaml judged from its runs, written when its page renders."""
+    return RESULTS / check_name(study) / "verdicts.json"
 
 
 def study_metrics(study: str) -> Path:

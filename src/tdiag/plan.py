@@ -132,8 +132,8 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
         Stage(
             name=stage_name("report", study),
             args=("report", study),
-            deps=(table, str(paths.notebook(study))) + tuple(summaries) + _report_code(study),
-            outs=(str(paths.executed_notebook(study)), str(paths.report_page(study))),
+            deps=(table, str(paths.notebook(study)), str(paths.CLAIMS)) + tuple(summaries) + _report_code(study),
+            outs=(str(paths.study_verdicts(study)), str(paths.executed_notebook(study)), str(paths.report_page(study))),
             resources=resources.REPORT,
         )
     )
@@ -166,11 +166,12 @@ def stages(cfg: Config) -> list[Stage]:
         out += _study_stages(cfg, study)
     pages = [str(paths.report_page(s)) for s in cfg.studies]
     tables = [str(paths.study_table(s)) for s in cfg.studies]
+    verdicts = [str(paths.study_verdicts(s)) for s in cfg.studies]
     out.append(
         Stage(
             name="report_index",
             args=("report", paths.REPORT_INDEX),
-            deps=tuple(pages) + tuple(tables) + INDEX_CODE,
+            deps=tuple(pages) + tuple(tables) + tuple(verdicts) + INDEX_CODE,
             outs=(str(paths.report_index()),),
             params=("scale",),
             fingerprint=json_digest([cfg.scale, cfg.resolved_scale, list(cfg.studies)]),

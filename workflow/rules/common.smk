@@ -11,12 +11,15 @@ import sys
 from tdiag import config as tdiag_config
 from tdiag import paths, plan
 from tdiag.cli import OVERRIDES_ENV
+from tdiag.report import claims as tdiag_claims
 
 OVERRIDES = tdiag_config.overrides_from_mapping(config)
 try:
     CFG = tdiag_config.load("params.yaml", OVERRIDES)
     STAGES = plan.stages(CFG)
-except tdiag_config.ConfigError as err:
+    # A bad claims.yaml stops here, before any job, not at the first page hours later.
+    tdiag_claims.check(tdiag_claims.load(paths.CLAIMS), CFG)
+except (tdiag_config.ConfigError, tdiag_claims.ClaimsError) as err:
     sys.stderr.write(f"tdiag: error: {err}\n")
     sys.exit(2)
 

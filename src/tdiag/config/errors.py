@@ -14,6 +14,11 @@ from pydantic import BaseModel, ValidationError
 from tdiag.errors import UserError
 
 
+TAG_FIELDS = ("task", "kind")
+"""The fields that tag the members of a discriminated union (a dataset's `task`, a claim
+rule's `kind`): their value is in the error location but is not a key of the file."""
+
+
 class ConfigError(UserError):
     """A problem with the user's configuration: printed as one line, exit code 2."""
 
@@ -100,9 +105,12 @@ def _union_members(annotation: Any) -> dict:
     candidates = get_args(annotation) if get_origin(annotation) is Union else (annotation,)
     members = {}
     for member in candidates:
-        if isinstance(member, type) and issubclass(member, BaseModel) and "task" in member.model_fields:
-            for tag in get_args(member.model_fields["task"].annotation):
-                members[tag] = member
+        if not (isinstance(member, type) and issubclass(member, BaseModel)):
+            continue
+        for field in TAG_FIELDS:
+            if field in member.model_fields:
+                for tag in get_args(member.model_fields[field].annotation):
+                    members[tag] = member
     return members
 
 

@@ -59,7 +59,7 @@ def load_runs(root: str | Path, study: str) -> pd.DataFrame:
             else:
                 provenance = json.loads((root / paths.seed_config(study, run, seed)).read_text())
             row = {k: v for k, v in seed_summary.items() if not isinstance(v, (dict, list))}
-            for split in ("test", "valid"):
+            for split in ("train", "test", "valid"):  # `train`: the wmt14 scores on the training pairs
                 row.update(_flatten(f"{split}.", seed_summary.get(split) or {}))
             row.update(
                 grid=run_summary["grid"],

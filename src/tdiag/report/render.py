@@ -48,7 +48,14 @@ def notebook_to_html(executed: Path, page: Path) -> None:
 
 
 def render_study(cfg: Config, study: str, root: Path = Path(".")) -> Path:
+    """Judge the study's claims from its runs (results/<study>/verdicts.json), then run its
+    notebook, which opens with those verdicts, and convert it to the page."""
+    from tdiag.report import claims
+
     root = root.resolve()
+    checked = claims.load(root / claims.CLAIMS_FILE)
+    claims.check(checked, cfg, root / claims.CLAIMS_FILE)
+    claims.write_verdicts(checked, root, study)
     executed = root / paths.executed_notebook(study)
     execute_notebook(root / paths.notebook(study), executed, {"study": study, "root": str(root)}, root)
     page = root / paths.report_page(study)
