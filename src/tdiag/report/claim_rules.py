@@ -11,7 +11,7 @@ tolerance, or within one evaluation interval for steps, count as no difference.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
