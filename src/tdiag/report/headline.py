@@ -55,11 +55,16 @@ def lab(runs: pd.DataFrame) -> str:
 HEADLINES: dict[str, Callable[[pd.DataFrame], str]] = {"toy": toy, "wmt14": wmt14, "lm": lm, "lab": lab}
 
 
+def _runs(runs: pd.DataFrame) -> str:
+    n = runs["run"].nunique()
+    return f"{n} run" if n == 1 else f"{n} runs"
+
+
 def headline(study: str, runs: pd.DataFrame) -> str:
     """The study's headline, or its run count for a study without one."""
     if study in HEADLINES:
         try:
             return HEADLINES[study](runs)
         except KeyError as missing:  # a study table without the column its headline reads
-            return f"{runs['run'].nunique()} runs (no {missing} in its table)"
-    return f"{runs['run'].nunique()} runs"
+            return f"{_runs(runs)} (no {missing} in its table)"
+    return _runs(runs)
