@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from browser import assert_pages_work, chromium
 from conftest import REPO, needs_mirror, tiny_params, write_params
 from tdiag import config, plan
 from tdiag.config import yaml_text
@@ -88,6 +89,11 @@ def _check_outputs(project: Path) -> None:
     assert page.count("Finding:") == len(EXPERIMENTS) and "data:image/png;base64" in page
     assert "fp16 was not run: fp16 with a grad scaler needs a CUDA device" in page
     assert "lab.html" in index
+    binary = chromium()  # without one, test_browser.py reports the pages unchecked (CI requires one)
+    if binary:
+        pages = sorted((project / "reports").glob("*.html"))
+        assert len(pages) == 5
+        assert_pages_work(pages, binary)  # each opens offline in a browser: text, images decode, no request out
 
 
 @pytest.mark.slow
