@@ -76,6 +76,8 @@ def test_a_report_stage_depends_on_what_its_notebook_imports():
     assert "src/tdiag/report/language_model.py" in stages["report_lm"].deps
     assert "src/tdiag/report/language_model.py" not in stages["report_toy"].deps
     assert "src/tdiag/report/render.py" in stages["report_toy"].deps
+    template = REPO / "src/tdiag/report/templates/offline"  # the page's look: a change redoes the page
+    assert {f"src/tdiag/report/templates/offline/{f.name}" for f in template.iterdir()} <= set(stages["report_toy"].deps)
 
 
 def test_a_finished_seed_is_retrained_when_the_training_code_changes(tiny_project, monkeypatch, caplog):

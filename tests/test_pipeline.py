@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from browser import assert_pages_work, chromium
 from conftest import REPO, needs_mirror, tiny_params, write_params
 from tdiag import config, plan
 from tdiag.config import yaml_text
@@ -94,6 +95,11 @@ def _check_outputs(project: Path) -> None:
         assert verdicts and page.count("runs read:") == len(verdicts), study
         assert page.index("Verdicts:") < page.index("data:image/png;base64"), f"{study}: verdicts come first"
     assert "headline result" in index and "The references' claims (claims.yaml), judged from these runs" in index
+    binary = chromium()  # without one, test_browser.py reports the pages unchecked (CI requires one)
+    if binary:
+        pages = sorted((project / "reports").glob("*.html"))
+        assert len(pages) == 5
+        assert_pages_work(pages, binary)  # each opens offline in a browser: text, images decode, no request out
 
 
 @pytest.mark.slow

@@ -292,5 +292,5 @@ def test_a_tiny_translation_run_evaluates_train_and_valid_with_beam_search(proje
     scores = translation_report.final_scores(project, "wmt14")
     assert list(scores.index.get_level_values("split")) == ["train", "valid", "test"]
     assert (scores["BLEU ceiling"] > 90).all() and scores["BLEU signature"].str.contains("tok:13a").all()
-    assert len(translation_report.samples(project, "wmt14", "test")) == 5
+    assert len(translation_report.samples(project, "wmt14", "test").frame) == 5
     assert translation_report.data_card(project, NAME).loc["BPE merges", "value"] == 600

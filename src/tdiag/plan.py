@@ -21,18 +21,24 @@ from tdiag import paths, resources
 from tdiag.config import SCALES, Config, ConfigError, StudyConfig
 from tdiag.digest import json_digest
 from tdiag.data.kinds import corpus_files, kind_of
-from tdiag.stage import TRAINING, Stage, notebook_modules, source_files, stage_name
+from tdiag.stage import PACKAGE_DIR, TRAINING, Stage, notebook_modules, source_files, stage_name
 
 
 TRAIN_CODE = source_files(TRAINING)
 INDEX_CODE = source_files("report/index.py")
 
 
+PAGE_TEMPLATE = tuple(str(PACKAGE_DIR / "report/templates/offline" / name) for name in ("conf.json", "index.html.j2"))
+"""The nbconvert template every study page is rendered with (report/render.py)."""
+
+
 def _report_code(study: str) -> tuple[str, ...]:
-    """What rendering a study's page runs: the modules its notebook imports and the renderer."""
+    """What rendering a study's page runs: the modules its notebook imports, the renderer
+    and its page template."""
     notebook = paths.notebook(study)
     # A missing notebook is named by the stage's own missing input, not here.
-    return source_files("report/render.py", *(notebook_modules(notebook) if notebook.is_file() else ()))
+    modules = source_files("report/render.py", *(notebook_modules(notebook) if notebook.is_file() else ()))
+    return modules + PAGE_TEMPLATE
 
 
 STUDY_KEYS = tuple(k for k in StudyConfig.model_fields if k not in ("runs", "grids", "priority"))

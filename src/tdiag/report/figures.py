@@ -74,6 +74,13 @@ def with_labels(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return metrics.merge(labels, on="run", how="left")
 
 
+def _rounded(values: pd.Series | None, decimals: int, mean: bool = False):
+    """A score column (or its mean) to the decimals its table shows; None where the runs have none."""
+    if values is None:
+        return None
+    return round(values.mean(), decimals) if mean else values.round(decimals)
+
+
 def steps_to_threshold(metrics: pd.DataFrame, runs: pd.DataFrame, y: str = "exact_match", threshold: float = 0.99) -> pd.DataFrame:
     """Per run: the median over seeds of the first eval step with `y` >= threshold, or
     "not reached (best ...)", and each seed's fate (a diverged seed, or one not trained as
@@ -104,8 +111,8 @@ def steps_to_threshold(metrics: pd.DataFrame, runs: pd.DataFrame, y: str = "exac
             "variant": first["variant"] or "",
             f"steps to {y.replace('_', ' ')} >= {threshold}": steps,
             "other seeds": "; ".join(fates),
-            f"test {y.replace('_', ' ')} (mean over seeds)": group[f"test.{y}"].mean() if f"test.{y}" in group else None,
-            "test BLEU (mean)": group["test.bleu"].mean() if "test.bleu" in group else None,
+            f"test {y.replace('_', ' ')} (mean over seeds)": _rounded(group.get(f"test.{y}"), 3, mean=True),
+            "test BLEU (mean)": _rounded(group.get("test.bleu"), 2, mean=True),
         })
     return pd.DataFrame(rows).set_index("run")
 
@@ -121,9 +128,9 @@ def run_table(runs: pd.DataFrame) -> pd.DataFrame:
             "status": runs["status"],
             "diverged at step": runs["diverged_step"].astype("Int64"),
             "steps": runs["steps"],
-            "test exact match": runs.get("test.exact_match"),
-            "test token accuracy": runs.get("test.token_accuracy"),
-            "test BLEU": runs.get("test.bleu"),
+            "test exact match": _rounded(runs.get("test.exact_match"), 3),
+            "test token accuracy": _rounded(runs.get("test.token_accuracy"), 3),
+            "test BLEU": _rounded(runs.get("test.bleu"), 2),
             "wall time (s)": runs["wall_seconds"].round(1),
             "peak memory (MiB)": (runs["peak_memory_bytes"] / 2**20).round(1),
             "parameters": runs["parameters"],

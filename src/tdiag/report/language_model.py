@@ -21,6 +21,7 @@ import pandas as pd
 import seaborn as sns
 
 from tdiag import paths
+from tdiag.report import tables
 
 ARCHITECTURES = {"lstm": "LSTM", "gpt": "GPT"}
 OPTIMIZERS = ["adam", "adamw", "sgd", "momentum"]
@@ -259,11 +260,13 @@ def cost_bars(results: pd.DataFrame, runs: pd.DataFrame):
     return fig
 
 
-def samples_table(samples: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+def samples_table(samples: pd.DataFrame, results: pd.DataFrame) -> tables.Samples:
     """Greedy continuations of the best run of each architecture, beside the text that
-    really follows."""
+    really follows (the continuation's words that differ from it marked)."""
     if samples.empty:
-        return samples
-    best = results.sort_values("best valid PPL").groupby("architecture", sort=False).head(1)["run"]
-    chosen = samples[samples["run"].isin(best)]
-    return chosen[["run", "prompt", "continuation", "reference"]].set_index("run")
+        chosen = pd.DataFrame(columns=["run", "prompt", "reference", "continuation"])
+    else:
+        best = results.sort_values("best valid PPL").groupby("architecture", sort=False).head(1)["run"]
+        chosen = samples[samples["run"].isin(best)]
+    return tables.samples(chosen, ["run"], source="prompt", hypothesis="continuation",
+                          headers=("prompt", "reference (the text that follows)", "greedy continuation"))

@@ -3,12 +3,14 @@
 The page must open without network access: the `offline` template drops the
 require.js / MathJax / mermaid scripts the stock template loads from a CDN, code
 cells are hidden, figures are inline PNGs. Papermill's injected-parameters cell is
-removed so the HTML does not change from one execution to the next.
+removed so the HTML does not change from one execution to the next. The page's title is
+the notebook's first Markdown heading, and the page links back to the index.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from tdiag import atomic, paths
@@ -29,6 +31,18 @@ def execute_notebook(source: Path, executed: Path, parameters: dict, cwd: Path) 
         )
 
 
+HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
+
+
+def page_title(nb, default: str) -> str:
+    """The text of the notebook's first Markdown heading (the page's `<title>`), else `default`."""
+    for cell in nb.cells:
+        found = HEADING.search(cell.source) if cell.cell_type == "markdown" else None
+        if found:
+            return found.group(1)
+    return default
+
+
 def notebook_to_html(executed: Path, page: Path) -> None:
     import nbformat
     from nbconvert import HTMLExporter
@@ -43,7 +57,9 @@ def notebook_to_html(executed: Path, page: Path) -> None:
         exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True, embed_images=True,
     )
     exporter.register_preprocessor(TagRemovePreprocessor(config=settings), enabled=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(str(executed), as_version=4))
+    nb = nbformat.read(str(executed), as_version=4)
+    nb.metadata["title"] = page_title(nb, default=page.stem)  # the lab template's <title>; without it, "Notebook"
+    body, _ = exporter.from_notebook_node(nb)
     atomic.write_text(page, body)
 
 

@@ -11,7 +11,7 @@ import seaborn as sns
 
 from tdiag import paths
 from tdiag.data import bpe, wmt14
-from tdiag.report import collect
+from tdiag.report import collect, tables
 from tdiag.train.metrics import text_scores
 
 SPLIT_ORDER = ["train", "valid"]
@@ -135,14 +135,14 @@ def learning_curves(metrics: pd.DataFrame, title: str = ""):
     return fig
 
 
-def samples(root: str | Path, study: str, split: str, n: int = 5) -> pd.DataFrame:
-    """The first `n` sample translations of `split` stored by each run's first seed."""
+def samples(root: str | Path, study: str, split: str, n: int = 5) -> tables.Samples:
+    """The first `n` sample translations of `split` stored by each run's first seed, the
+    hypothesis's words that differ from the reference marked."""
     columns = ["run", "source", "reference", "hypothesis"]
     stored = collect.load_samples(root, study)
-    if stored.empty:
-        return pd.DataFrame(columns=columns).set_index("run")
-    chosen = stored[stored["split"] == split].groupby("run", sort=False).head(n)
-    return chosen[columns].set_index("run")
+    chosen = (stored[stored["split"] == split].groupby("run", sort=False).head(n) if not stored.empty
+              else pd.DataFrame(columns=columns))
+    return tables.samples(chosen, labels=["run"])
 
 
 def data_card(root: str | Path, dataset: str) -> pd.DataFrame:
