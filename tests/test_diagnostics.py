@@ -106,3 +106,25 @@ def test_a_diverged_seed_ends_early_and_is_marked():
         assert any(list(line.get_xdata()) == [10, 10] for line in ax.get_lines())  # the dotted line
     gradient = next(ax for ax in fig.axes if "gradient" in ax.get_ylabel())
     assert [len(line.get_xdata()) for line in gradient.get_lines()[:2]] == [STEPS, 10]
+
+
+def test_the_learning_rate_axis_is_logarithmic_for_runs_at_rates_decades_apart_only():
+    apart = metrics_frame(train_records("sgd", ["layer.0"], lr=1.0), train_records("adam", ["layer.0"], lr=1e-3))
+    fig = training_diagnostics(apart, runs_frame({"run": "sgd"}, {"run": "adam"}))
+    assert fig.axes[0].get_ylabel() == "learning rate" and fig.axes[0].get_yscale() == "log"
+    warmup = train_records("warmup", ["layer.0"])
+    for record in warmup:  # a linear warmup from near zero spans decades within one run
+        record["lr"] = 1e-5 * record["step"]
+    fig = training_diagnostics(metrics_frame(warmup), runs_frame({"run": "warmup"}))
+    assert fig.axes[0].get_yscale() == "linear"
+
+
+def test_a_grid_of_long_variant_labels_keeps_its_legend_within_the_figure():
+    variants = [f"embedding_std=inv_sqrt_d, position_std_ratio=0.7071, positions=learned, run {i}" for i in range(6)]
+    metrics = metrics_frame(*(train_records(f"embedding-{i}", ["encoder.0"]) for i in range(6)))
+    runs = runs_frame(*({"run": f"embedding-{i}", "variant": v} for i, v in enumerate(variants)))
+    fig = training_diagnostics(metrics, runs, label="variant")
+    fig.canvas.draw()
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == variants
+    assert legend.get_window_extent().width <= fig.bbox.width

@@ -36,6 +36,8 @@ MEMORY_AXIS = {
 """The same, short enough for an axis label."""
 
 MIB = 2**20
+LEGEND_CHARACTERS = 150
+"""About the characters a legend row of the 12-inch-wide figure holds at its font size."""
 LOG_SPAN = 30
 """A panel whose positive values span more than this factor gets a log axis (`Panel.log`)."""
 
@@ -44,8 +46,10 @@ LOG_SPAN = 30
 class Panel:
     column: str
     label: str
-    log: bool = True
-    """A log axis when its values span more than LOG_SPAN; a schedule or a count reads best on a linear one."""
+    log: str | None = "values"
+    """A log axis when these span more than LOG_SPAN: 'values' (every value drawn), 'runs'
+    (each seed's median: runs at rates decades apart, while a warmup from near zero keeps
+    a linear axis), None (never: a count)."""
 
 
 def memory_axis_label(runs: pd.DataFrame) -> str:
@@ -91,7 +95,7 @@ def _series(train: pd.DataFrame, per_layer: bool) -> tuple[pd.DataFrame, list[Pa
     `per_layer`, else the largest layer's per step), and the panels that have any."""
     train = train.sort_values(["run", "seed", "step"])
     out = train[["run", "seed", "step"]].copy()
-    panels = [Panel("lr", "learning rate", log=False), Panel("grad_norm", "global gradient norm\n(before clipping)")]
+    panels = [Panel("lr", "learning rate", log="runs"), Panel("grad_norm", "global gradient norm\n(before clipping)")]
     for panel in panels:
         out[panel.column] = train.get(panel.column)
     layers = sorted((c for c in train.columns if c.startswith("act_norm/") and train[c].notna().any()), key=_layer_key)
@@ -108,7 +112,7 @@ def _series(train: pd.DataFrame, per_layer: bool) -> tuple[pd.DataFrame, list[Pa
             lambda s: s.rolling(window, min_periods=1, center=True).median())
     panels += [
         Panel("step_ms", f"step time (ms,\nrolling median of {window} steps)" if window > 1 else "step time (ms)"),
-        Panel("tokens", "tokens per step\n(the loss's targets)", log=False),
+        Panel("tokens", "tokens per step\n(the loss's targets)", log=None),
         Panel("peak_mib", "peak memory (MiB)"),
     ]
     out["tokens"] = train.get("tokens")
@@ -175,8 +179,10 @@ def training_diagnostics(metrics: pd.DataFrame, runs: pd.DataFrame, label: str =
         else:
             for (run, _), seed in values.groupby(["run", "seed"], sort=False):
                 ax.plot(seed["step"], seed[panel.column], color=colors[run], linewidth=1)
-            if panel.log:
+            if panel.log == "values":
                 _scale(ax, values[panel.column].dropna())
+            elif panel.log == "runs":
+                _scale(ax, values.groupby(["run", "seed"])[panel.column].median().dropna())
         for _, record in diverged.iterrows():
             ax.axvline(record["step"], color=colors[record["run"]], linestyle=":", linewidth=1.2)
         memory = runs[runs["run"].isin(order)]
@@ -187,8 +193,10 @@ def training_diagnostics(metrics: pd.DataFrame, runs: pd.DataFrame, label: str =
             ax.xaxis.set_tick_params(labelbottom=True)
 
     handles = [plt.Line2D([], [], color=colors[run], linewidth=2) for run in order]
-    fig.legend(handles, [names[run] for run in order], loc="outside lower center", ncol=min(len(order), 4),
-               fontsize=8, title=label)
+    longest = max(len(names[run]) for run in order)
+    columns = max(1, min(len(order), 4, LEGEND_CHARACTERS // (longest + 6)))  # no wider than the figure
+    fig.legend(handles, [names[run] for run in order], loc="outside lower center", ncol=columns, fontsize=8,
+               title=label)
     notes = [f"dotted line: {names[r['run']]} seed {int(r['seed'])} diverged at step {int(r['step'])}"
              for _, r in diverged.iterrows()]
     skipped = not_trained(runs, label)
