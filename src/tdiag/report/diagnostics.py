@@ -5,7 +5,7 @@ the mean per-token norm of each layer's output, its wall time, the tokens its lo
 covers and the seed's peak memory so far (train/loop.py, train/metrics.py,
 train/memory.py). `training_diagnostics` draws them as small multiples, one line per
 run and seed, for a study's task runs, one grid or one run. A panel no selected run
-records is left out (an LSTM has no attention blocks, a run may predate a measure); a
+records is left out (a workload may not record a measure, or an older run predate it); a
 diverged seed's lines end at its last finite step, marked by a dotted line; a run its
 device could not train (status `unsupported`) has no records and is named, not drawn.
 """
@@ -40,6 +40,8 @@ LEGEND_CHARACTERS = 150
 """About the characters a legend row of the 12-inch-wide figure holds at its font size."""
 LOG_SPAN = 30
 """A panel whose positive values span more than this factor gets a log axis (`Panel.log`)."""
+STACK_ORDER = {"embedding": 0, "encoder": 1, "layer": 2, "lstm": 3, "decoder": 4}
+"""Activation points in the order the forward pass reaches them (train/metrics.py names them)."""
 
 
 @dataclass(frozen=True)
@@ -72,10 +74,6 @@ def _name(row: pd.Series, label: str) -> str:
     return str(value) if isinstance(value, str) and value else str(row["run"])
 
 
-STACK_ORDER = {"embedding": 0, "encoder": 1, "layer": 2, "lstm": 3, "decoder": 4}
-"""Activation points in the order the forward pass reaches them (train/metrics.py names them)."""
-
-
 def _layer_key(column: str) -> tuple:
     """Forward order: the encoder before the decoder, `layer.10` after `layer.2`."""
     name = column.removeprefix("act_norm/")
@@ -90,7 +88,7 @@ def _step_time_window(train: pd.DataFrame) -> int:
     return int(min(25, max(1, lengths.median() // 20)))
 
 
-def _series(train: pd.DataFrame, per_layer: bool) -> tuple[pd.DataFrame, list[Panel]]:
+def _series(train: pd.DataFrame, per_layer: bool, memory_label: str) -> tuple[pd.DataFrame, list[Panel]]:
     """The values to draw, one column per panel (activation norms: one per layer when
     `per_layer`, else the largest layer's per step), and the panels that have any."""
     train = train.sort_values(["run", "seed", "step"])
@@ -113,7 +111,7 @@ def _series(train: pd.DataFrame, per_layer: bool) -> tuple[pd.DataFrame, list[Pa
     panels += [
         Panel("step_ms", f"step time (ms,\nrolling median of {window} steps)" if window > 1 else "step time (ms)"),
         Panel("tokens", "tokens per step\n(the loss's targets)", log=None),
-        Panel("peak_mib", "peak memory (MiB)"),
+        Panel("peak_mib", memory_label),
     ]
     out["tokens"] = train.get("tokens")
     if "peak_memory_bytes" in train:
@@ -164,7 +162,7 @@ def training_diagnostics(metrics: pd.DataFrame, runs: pd.DataFrame, label: str =
     palette = sns.color_palette("tab10" if len(order) <= 10 else "husl", len(order))
     colors = dict(zip(order, palette))
     per_layer = len(order) == 1
-    values, panels = _series(train, per_layer)
+    values, panels = _series(train, per_layer, memory_axis_label(runs[runs["run"].isin(order)]))
 
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
@@ -185,8 +183,7 @@ def training_diagnostics(metrics: pd.DataFrame, runs: pd.DataFrame, label: str =
                 _scale(ax, values.groupby(["run", "seed"])[panel.column].median().dropna())
         for _, record in diverged.iterrows():
             ax.axvline(record["step"], color=colors[record["run"]], linestyle=":", linewidth=1.2)
-        memory = runs[runs["run"].isin(order)]
-        ax.set_ylabel(memory_axis_label(memory) if panel.column == "peak_mib" else panel.label, fontsize=9)
+        ax.set_ylabel(panel.label, fontsize=9)
         ax.tick_params(labelsize=8)
         if i + ncols >= len(panels):  # no panel below it
             ax.set_xlabel("optimizer step", fontsize=9)
