@@ -58,7 +58,8 @@ def _tiny_lm(params: dict) -> None:
     params["datasets"]["wikitext2"].update(train_tokens=3000, eval_tokens=2000)
     lm = params["studies"]["lm"]
     lm["model"].update(d_model=16, n_heads=2, d_ff=32, dropout=0.0)
-    lm["train"].update(epochs=1, batch_size=10, bptt=20, checkpoint_every=100)
+    # eval_every: once an epoch (the study's own value is per scale, and scales are dropped)
+    lm["train"].update(epochs=1, batch_size=10, bptt=20, checkpoint_every=100, eval_every=None)
     lm["runs"] = {name: lm["runs"][name] for name in ("01-lstm-1l-adam", "06-gpt-1l-adamw")}
 
 

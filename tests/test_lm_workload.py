@@ -275,6 +275,20 @@ def test_train_lm_writes_a_perplexity_per_epoch(tmp_path: Path, run: str):
     assert len(seed["samples"]) == 3 and seed["samples"][0]["continuation"]
 
 
+def test_a_run_in_epochs_is_evaluated_every_eval_every_steps_of_each_epoch_and_at_its_end(tmp_path: Path):
+    project = lm_project(tmp_path, eval_every=7)
+    tdiag("data", "prepare", "wikitext2", cwd=project)
+    tdiag("train", "lm", GPT_RUN, "--threads", "1", cwd=project)
+    per_epoch = json.loads((project / paths.run_summary("lm", GPT_RUN)).read_text())["per_seed"][0]["steps_per_epoch"]
+    assert per_epoch % 7, "the epoch's end must fall between two eval_every points"
+    into_epoch = [j for j in range(1, per_epoch + 1) if j % 7 == 0 or j == per_epoch]
+    expected = [0] + [epoch * per_epoch + j for epoch in (0, 1) for j in into_epoch]
+    evals = records(project, GPT_RUN, "eval")
+    assert [r["step"] for r in evals] == expected
+    assert [r["epoch"] for r in evals] == [step / per_epoch for step in expected]
+    assert {r["tokens"] for r in evals} == {evals[0]["tokens"]}  # the whole split every time
+
+
 def test_an_interrupted_lstm_run_resumes_mid_epoch_bit_for_bit(tmp_path: Path, monkeypatch):
     """The hidden state carried across segments is restored from the checkpoint: the
     resumed run's losses equal an uninterrupted run's, step for step."""

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import tdiag, tiny_params, write_params
+from tdiag.config import TrainConfig
+from tdiag.train.loop import evaluates_after
 
 RUN = Path("results/runs/toy/copy")
 SEED0 = RUN / "seed-0"
@@ -61,6 +63,18 @@ def test_run_folder_holds_config_metrics_checkpoint_and_summary(tiny_project: Pa
     assert first["parameter_bytes"] == first["gradient_bytes"] == 4 * config["parameters"]
     assert result["test"]["exact_match"] == first["test"]["exact_match"]
     assert len(first["samples"]) == 5 and {"source", "reference", "hypothesis"} <= set(first["samples"][0])
+
+
+@pytest.mark.parametrize("train, expected", [
+    ({"max_steps": 60, "eval_every": 25}, [25, 50, 60]),  # in steps: every eval_every steps, and the last
+    ({"max_steps": 45, "eval_every": None}, [20, 40, 45]),  # ... or every epoch's end
+    ({"max_steps": None, "epochs": 2, "eval_every": 15}, [15, 20, 35, 40]),  # in epochs: counted within each
+    ({"max_steps": None, "epochs": 2, "eval_every": None}, [20, 40]),
+])
+def test_evaluation_steps(train: dict, expected: list[int]):
+    tc = TrainConfig(**train)
+    total = tc.max_steps or tc.epochs * 20
+    assert [step for step in range(1, total + 1) if evaluates_after(step, tc, 20, total)] == expected
 
 
 def test_every_seed_trains_in_its_own_folder_and_the_run_summary_averages_them(tiny_project: Path):

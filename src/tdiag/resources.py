@@ -80,7 +80,10 @@ REPORT = Resources(cpus=1, mem_mb=2000, runtime_min=MIN_RUNTIME)
 def training(scale: str, rc: RunConfig, dataset: DatasetConfig) -> Resources:
     """A training stage: wall time for every seed's steps and evaluations at the scale's budget."""
     steps = _steps_per_seed(rc, dataset)
-    evaluations = steps // rc.train.eval_every + 1 if rc.train.eval_every else (rc.train.epochs or 1) + 1
+    if rc.train.eval_every:  # a run in epochs also evaluates at each epoch's end (train/loop.py)
+        evaluations = steps // rc.train.eval_every + (rc.train.epochs or 0) + 1
+    else:
+        evaluations = (rc.train.epochs or 1) + 1
     evaluation = rc.train.eval_examples * rc.train.beam_size * DECODE_SECONDS
     seconds = rc.seeds * (steps * STEP_SECONDS[scale] + evaluations * evaluation)
     return Resources(

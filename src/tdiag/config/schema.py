@@ -309,7 +309,9 @@ class TrainConfig(Frozen):
     with `status: unsupported` and the reason (train/unsupported.py), so a study's other
     runs go on. Either way the run never trains in another precision."""
     eval_every: Optional[Annotated[int, Field(ge=1, le=MAX_STEPS)]] = 100
-    """Steps between evaluations; null: at the end of every epoch."""
+    """Steps between evaluations; null: at the end of every epoch. A run sized in `epochs`
+    counts them from each epoch's start and is evaluated at each epoch's end as well
+    (train/loop.py, `evaluates_after`)."""
     eval_examples: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] = 500
     checkpoint_every: Annotated[int, Field(ge=1, le=MAX_STEPS)] = 100
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0

@@ -1,10 +1,11 @@
 """Tables and figures of the language-modelling study (notebooks/lm.ipynb only calls these).
 
-Per epoch, a run has a validation perplexity (the loop evaluates the whole validation
-split at every epoch end) and a training perplexity, exp of the token-weighted mean
-training loss over that epoch's steps (dropout on, as trained). The study's headline
-number per run is its best validation perplexity over epochs, beside the training
-perplexity of the same epoch, as in the reference table.
+At every evaluation (every `eval_every` steps of an epoch and at each epoch's end,
+train/loop.py) a run has a validation perplexity, of the whole validation split, and a
+training perplexity: exp of the token-weighted mean training loss over the steps since
+the previous evaluation (dropout on, as trained). The study's headline number per run is
+its best validation perplexity over evaluations, beside the training perplexity of the
+same interval, as in the reference table; the curves draw both at every evaluation.
 """
 
 from __future__ import annotations
@@ -22,16 +23,13 @@ import seaborn as sns
 
 from tdiag import paths
 from tdiag.report import tables
+from tdiag.report.diagnostics import MEMORY_MEASURES
 
 ARCHITECTURES = {"lstm": "LSTM", "gpt": "GPT"}
 OPTIMIZERS = ["adam", "adamw", "sgd", "momentum"]
 """Table and legend order: the adaptive methods first, then plain and momentum SGD."""
 X_AXES = {"epoch": "epoch", "wall_seconds": "wall-clock time"}
-MEMORY_MEASURES = {
-    "cuda_max_allocated": "peak allocated CUDA memory",
-    "cpu_tensor_bytes": "tensor bytes held (parameters, gradients, optimizer state, activations saved for backward)",
-}
-"""A seed summary's `memory_measure` (train/memory.py) in words."""
+X_LABELS = {"epoch": "epoch", "wall_seconds": "wall-clock seconds (training + evaluations)"}
 
 
 def _run_id(run: str) -> float:
@@ -58,37 +56,63 @@ def run_facts(runs: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def epoch_table(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, seed, epoch >= 1): training and validation loss and perplexity,
-    and the wall-clock seconds at the epoch's evaluation; with the run's facts."""
-    train = metrics[metrics["kind"] == "train"].copy()
-    train["epoch_index"] = np.ceil(train["epoch"] - 1e-9).astype(int)
+def _intervals(metrics: pd.DataFrame, runs: pd.DataFrame, epoch_ends: bool) -> pd.DataFrame:
+    """One row per validation evaluation after step 0 (`epoch_ends`: only the last one of
+    each epoch, the one at its end): its loss, perplexity and wall-clock seconds, and the
+    training steps since the previous row's evaluation: token-weighted mean loss, tokens
+    and summed step time; with the run's facts."""
+    evals = metrics[(metrics["kind"] == "eval") & (metrics["split"] == "valid") & (metrics["step"] > 0)]
+    evals = evals.sort_values(["run", "seed", "step"])
+    if epoch_ends:
+        epoch_index = np.ceil(evals["epoch"] - 1e-9).astype(int)
+        evals = evals.groupby([evals["run"], evals["seed"], epoch_index], sort=False).tail(1)
+    train = metrics[(metrics["kind"] == "train") & metrics["loss"].notna()].sort_values("step")
+    # Each training step belongs to the first evaluation at or after it; steps after the
+    # last evaluation (a diverged seed's) belong to none.
+    train = pd.merge_asof(train[["run", "seed", "step", "loss", "tokens", "step_time"]],
+                          evals[["run", "seed", "step"]].rename(columns={"step": "eval_step"}).sort_values("eval_step"),
+                          left_on="step", right_on="eval_step", by=["run", "seed"], direction="forward")
+    train = train.dropna(subset=["eval_step"]).astype({"eval_step": int})
     train["loss_x_tokens"] = train["loss"] * train["tokens"]
-    per_epoch = train.groupby(["run", "seed", "epoch_index"]).agg(
-        loss_x_tokens=("loss_x_tokens", "sum"), tokens=("tokens", "sum"), step_time=("step_time", "sum")
+    steps = train.groupby(["run", "seed", "eval_step"]).agg(
+        loss_x_tokens=("loss_x_tokens", "sum"), tokens=("tokens", "sum"), step_time=("step_time", "sum"),
+        train_steps=("step", "size"),
     )
-    per_epoch["train_loss"] = per_epoch["loss_x_tokens"] / per_epoch["tokens"]
-    evals = metrics[(metrics["kind"] == "eval") & (metrics["split"] == "valid") & (metrics["step"] > 0)].copy()
-    evals["epoch_index"] = np.ceil(evals["epoch"] - 1e-9).astype(int)
-    # The last evaluation of each epoch is the one at its end.
-    evals = evals.sort_values("step").groupby(["run", "seed", "epoch_index"]).last()
-    table = per_epoch[["train_loss", "tokens", "step_time"]].join(
-        evals[["loss", "perplexity", "wall_seconds"]].rename(columns={"loss": "valid_loss", "perplexity": "valid_ppl"}),
-        how="inner",
-    ).reset_index().rename(columns={"epoch_index": "epoch"})
+    steps["train_loss"] = steps.pop("loss_x_tokens") / steps["tokens"]
+    table = evals.set_index(["run", "seed", "step"])[["epoch", "loss", "perplexity", "wall_seconds"]].rename(
+        columns={"loss": "valid_loss", "perplexity": "valid_ppl"}
+    ).join(steps.rename_axis(["run", "seed", "step"]), how="inner").reset_index()
     table["train_ppl"] = np.exp(table["train_loss"].clip(upper=50))
     return table.join(run_facts(runs), on="run")
 
 
-def results_table(epochs: pd.DataFrame, runs: pd.DataFrame, order: str = "id") -> pd.DataFrame:
-    """The reference table: per run (mean over seeds), the best validation perplexity
-    over epochs, the training perplexity at that epoch, the wall-clock time to reach it,
-    test perplexity of the final model, peak memory and training tokens per second.
+def evaluation_table(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, seed, evaluation after step 0): step, epoch (a fraction between
+    epoch ends), wall-clock seconds, validation loss and perplexity, and the training loss
+    and perplexity over the steps since the previous evaluation (`train_steps` of them,
+    their `tokens` and summed `step_time`); with the run's facts."""
+    return _intervals(metrics, runs, epoch_ends=False)
+
+
+def epoch_table(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, seed, epoch >= 1): the evaluation at the epoch's end, and the
+    training loss and perplexity over the whole epoch; with the run's facts."""
+    table = _intervals(metrics, runs, epoch_ends=True)
+    table["epoch"] = table["epoch"].round().astype(int)
+    return table
+
+
+def results_table(evaluations: pd.DataFrame, runs: pd.DataFrame, order: str = "id") -> pd.DataFrame:
+    """The reference table from `evaluation_table`: per run (mean over seeds), the best
+    validation perplexity over evaluations, the epoch it was reached at, the training
+    perplexity over the steps since the evaluation before it, the wall-clock time to
+    reach it, test perplexity of the final model, peak memory and training tokens per
+    second.
 
     `order`: 'id' (the reference's run ids) or 'group' (architecture, layers, optimizer).
     """
-    best = epochs.loc[epochs.groupby(["run", "seed"])["valid_ppl"].idxmin()]
-    throughput = epochs.groupby(["run", "seed"])[["tokens", "step_time"]].sum()
+    best = evaluations.loc[evaluations.groupby(["run", "seed"])["valid_ppl"].idxmin()]
+    throughput = evaluations.groupby(["run", "seed"])[["tokens", "step_time"]].sum()
     per_seed = best.set_index(["run", "seed"])[["epoch", "valid_ppl", "train_ppl", "wall_seconds"]].join(throughput)
     per_seed["tokens_per_s"] = per_seed["tokens"] / per_seed["step_time"]
     seeds = runs.set_index(["run", "seed"])
@@ -109,7 +133,7 @@ def results_table(epochs: pd.DataFrame, runs: pd.DataFrame, order: str = "id") -
             "lr": table["lr"],
             "best valid PPL": table["valid_ppl"].round(1),
             "at epoch": _whole(table["epoch"]),
-            "train PPL at that epoch": table["train_ppl"].round(1),
+            "train PPL since the evaluation before": table["train_ppl"].round(1),
             "test PPL (final)": table["test_ppl"].round(1),
             "wall-clock to best (s)": table["wall_seconds"].round(1),
             "total wall-clock (s)": table["total_wall"].round(1),
@@ -128,8 +152,9 @@ def memory_measure(runs: pd.DataFrame) -> str:
 
 
 def _whole(values: pd.Series) -> pd.Series:
-    """Epochs as integers when they are (one seed), else to one decimal (a mean over seeds)."""
-    return values.astype("Int64") if (values % 1 == 0).all() else values.round(1)
+    """Epochs as integers when they are whole, else to two decimals (between epoch ends,
+    or a mean over seeds)."""
+    return values.astype("Int64") if (values % 1 == 0).all() else values.round(2)
 
 
 def data_statement(root: str | Path, runs: pd.DataFrame) -> str:
@@ -162,85 +187,115 @@ def _axes(ax, x: str, log_y: bool) -> None:
         ax.tick_params(axis="y", which="minor", labelsize=7)
 
 
-def _labelled(epochs: pd.DataFrame) -> pd.DataFrame:
-    out = epochs.copy()
+def _labelled(evaluations: pd.DataFrame) -> pd.DataFrame:
+    out = evaluations.copy()
     out["optimizer"] = out["optimizer"].astype(str)
     out["architecture"] = out["architecture"].astype(str)
     out["depth"] = out["layers"].astype(str) + " layer" + np.where(out["layers"] > 1, "s", "")
     return out
 
 
-def _panels(epochs: pd.DataFrame, x: str, hue: str, hue_order, title: str):
-    """Rows: validation loss, validation perplexity (log); columns: architectures.
-    None when no run is selected."""
-    archs = [a for a in ARCHITECTURES.values() if a in set(epochs["architecture"])]
+def _seed_mean(evaluations: pd.DataFrame) -> pd.DataFrame:
+    """One point per (run, evaluation step): the mean over seeds of its numbers."""
+    numbers = ["epoch", "wall_seconds", "train_loss", "valid_loss", "train_ppl", "valid_ppl"]
+    mean = evaluations.groupby(["run", "step"], as_index=False)[numbers].mean()
+    per_evaluation = [*numbers, "seed", "step", "tokens", "step_time", "train_steps"]
+    labels = evaluations.drop(columns=per_evaluation).drop_duplicates("run")
+    return mean.merge(labels, on="run")
+
+
+def _train_and_valid(ax, curve: pd.DataFrame, x: str, y: str, color, label: str | None) -> None:
+    """Validation (solid, a dot at each evaluation) and training (dashed) values of one run."""
+    curve = curve.sort_values("step")
+    ax.plot(curve[x], curve[f"valid_{y}"], "-o", color=color, markersize=3, linewidth=1.5, label=label)
+    ax.plot(curve[x], curve[f"train_{y}"], "--", color=color, linewidth=1)
+
+
+def _style_legend(ax, title: str | None = None) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    handles += [plt.Line2D([], [], color="grey", marker="o", markersize=3), plt.Line2D([], [], color="grey", ls="--")]
+    labels += ["validation", "training (since the previous evaluation)"]
+    ax.legend(handles, labels, fontsize=7, title=title, title_fontsize=8)
+
+
+def _panels(evaluations: pd.DataFrame, x: str, hue: str, hue_order, title: str):
+    """Rows: loss, perplexity (log), each training (dashed) and validation (solid) at
+    every evaluation; columns: architectures. None when no run is selected."""
+    archs = [a for a in ARCHITECTURES.values() if a in set(evaluations["architecture"])]
     if not archs:
         return None
+    points = _seed_mean(evaluations)
     fig, axes = plt.subplots(2, len(archs), figsize=(6 * len(archs), 7), squeeze=False, sharex="col")
     for col, arch in enumerate(archs):
-        part = epochs[epochs["architecture"] == arch]
-        for row, (y, label) in enumerate((("valid_loss", "validation loss"), ("valid_ppl", "validation perplexity"))):
+        part = points[points["architecture"] == arch]
+        present = [h for h in hue_order if h in set(part[hue])]
+        colors = dict(zip(present, sns.color_palette("tab10", len(present))))
+        for row, (y, label) in enumerate((("loss", "loss (nats per token)"), ("ppl", "perplexity"))):
             ax = axes[row, col]
-            sns.lineplot(data=part, x=x, y=y, hue=hue, hue_order=[h for h in hue_order if h in set(part[hue])],
-                         marker="o", errorbar=None, ax=ax)
-            _axes(ax, x, log_y=y == "valid_ppl")
+            for value in present:
+                for _, curve in part[part[hue] == value].groupby("run"):
+                    _train_and_valid(ax, curve, x, y, colors[value], value)
+            _axes(ax, x, log_y=y == "ppl")
             ax.set_title(f"{arch}: {label}")
             ax.set_ylabel(label)
-            ax.set_xlabel("epoch" if x == "epoch" else "wall-clock seconds (training + evaluation)")
-            ax.legend(fontsize=8, title=hue)
+            ax.set_xlabel(X_LABELS[x])
+            _style_legend(ax, hue)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
-def optimizer_curves(epochs: pd.DataFrame, x: str = "epoch"):
-    """One-layer models: validation loss and perplexity per optimizer, by epoch or wall-clock."""
-    one = _labelled(epochs[epochs["layers"] == 1])
+def optimizer_curves(evaluations: pd.DataFrame, x: str = "epoch"):
+    """One-layer models: training and validation loss and perplexity per optimizer at
+    every evaluation, by epoch or wall-clock."""
+    one = _labelled(evaluations[evaluations["layers"] == 1])
     return _panels(one, x, "optimizer", OPTIMIZERS, f"One-layer models by optimizer, against {X_AXES[x]}")
 
 
-def depth_curves(epochs: pd.DataFrame, x: str = "epoch", optimizer: str = "adamw"):
-    """Deeper models: validation loss and perplexity per depth at one optimizer."""
-    part = _labelled(epochs[epochs["optimizer"].astype(str) == optimizer])
+def depth_curves(evaluations: pd.DataFrame, x: str = "epoch", optimizer: str = "adamw"):
+    """Models of every depth at one optimizer: training and validation loss and perplexity per depth."""
+    part = _labelled(evaluations[evaluations["optimizer"].astype(str) == optimizer])
     order = sorted(set(part["depth"]), key=lambda s: int(s.split()[0]))
     return _panels(part, x, "depth", order, f"Depth with {optimizer}, against {X_AXES[x]}")
 
 
-def best_runs_curves(epochs: pd.DataFrame, results: pd.DataFrame):
-    """The best run of each architecture (lowest best validation perplexity) together,
-    by epoch and by wall-clock time."""
+def best_runs_curves(evaluations: pd.DataFrame, results: pd.DataFrame):
+    """The best run of each architecture (lowest best validation perplexity) together:
+    training and validation perplexity at every evaluation, by epoch and by wall-clock time."""
     best = results.sort_values("best valid PPL").groupby("architecture", sort=False).head(1)["run"]
-    part = epochs[epochs["run"].isin(best)]
+    points = _seed_mean(evaluations[evaluations["run"].isin(best)])
+    colors = dict(zip(best, sns.color_palette("tab10", len(best))))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for ax, x, label in ((axes[0], "epoch", "epoch"), (axes[1], "wall_seconds", "wall-clock seconds")):
-        sns.lineplot(data=part, x=x, y="valid_ppl", hue="run", marker="o", errorbar=None, ax=ax)
+    for ax, x in zip(axes, ("epoch", "wall_seconds")):
+        for run in best:
+            _train_and_valid(ax, points[points["run"] == run], x, "ppl", colors[run], run)
         _axes(ax, x, log_y=True)
-        ax.set_xlabel(label)
-        ax.set_ylabel("validation perplexity")
-        ax.legend(fontsize=8)
+        ax.set_xlabel(X_LABELS[x])
+        ax.set_ylabel("perplexity")
+        _style_legend(ax)
     fig.suptitle("Best run of each architecture")
     fig.tight_layout()
     return fig
 
 
-def overfitting(epochs: pd.DataFrame):
-    """Training (dashed) and validation (solid) perplexity per epoch for every run: where
-    the validation curve turns up while the training one keeps falling, the run overfits."""
-    archs = [a for a in ARCHITECTURES.values() if a in set(epochs["architecture"])]
+def overfitting(evaluations: pd.DataFrame, x: str = "epoch"):
+    """Training (dashed) and validation (solid) perplexity at every evaluation for every
+    run: where the validation curve turns up while the training one keeps falling, the
+    run overfits."""
+    points = _seed_mean(evaluations)
+    archs = [a for a in ARCHITECTURES.values() if a in set(points["architecture"])]
     fig, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 5), squeeze=False)
     for ax, arch in zip(axes[0], archs):
-        part = epochs[epochs["architecture"] == arch]
+        part = points[points["architecture"] == arch]
         runs = sorted(set(part["run"]))
         colors = dict(zip(runs, sns.color_palette("tab10", len(runs))))
         for run in runs:
-            curve = part[part["run"] == run].groupby("epoch")[["train_ppl", "valid_ppl"]].mean()
-            ax.plot(curve.index, curve["valid_ppl"], "-o", color=colors[run], markersize=3, label=run)
-            ax.plot(curve.index, curve["train_ppl"], "--", color=colors[run], linewidth=1)
-        _axes(ax, "epoch", log_y=True)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("perplexity (solid: validation, dashed: training)")
+            _train_and_valid(ax, part[part["run"] == run], x, "ppl", colors[run], run)
+        _axes(ax, x, log_y=True)
+        ax.set_xlabel(X_LABELS[x])
+        ax.set_ylabel("perplexity")
         ax.set_title(f"{arch}: training vs validation perplexity")
-        ax.legend(fontsize=7)
+        _style_legend(ax)
     fig.tight_layout()
     return fig
 

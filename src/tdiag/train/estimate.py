@@ -20,7 +20,7 @@ from tdiag import devices
 from tdiag.config import Config
 from tdiag.data.kinds import kind_of
 from tdiag.models import build_model
-from tdiag.train.loop import Watch, read_meta, train_step
+from tdiag.train.loop import Watch, evaluates_after, read_meta, train_step
 from tdiag.train.optim import build_optimizer
 
 WARMUP_STEPS = 3
@@ -51,7 +51,7 @@ def estimate_run(cfg: Config, study: str, run: str, device: torch.device, root: 
     kind = kind_of(cfg.datasets[rc.dataset])
     workload = kind.workload(root / kind.folder(rc.dataset), read_meta(root, rc.dataset, kind), tc, device)
     steps = tc.max_steps or tc.epochs * workload.steps_per_epoch
-    eval_every = tc.eval_every or workload.steps_per_epoch
+    evaluations = 1 + sum(evaluates_after(step, tc, workload.steps_per_epoch, steps) for step in range(1, steps + 1))
     torch.manual_seed(tc.seed)
     model = build_model(rc.model, *workload.vocab_sizes, workload.pad_id).to(device)
     optimizer = build_optimizer(model.parameters(), tc)
@@ -74,7 +74,7 @@ def estimate_run(cfg: Config, study: str, run: str, device: torch.device, root: 
         run=run,
         seeds=len(rc.seed_values()),
         steps=steps,
-        evaluations=(steps // eval_every + 1) * len(workload.eval_splits),
+        evaluations=evaluations * len(workload.eval_splits),
         step_seconds=statistics.median(times),
         evaluation_seconds=evaluation_seconds,
     )

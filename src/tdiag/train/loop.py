@@ -4,7 +4,7 @@ A run trains one configuration for each of its seeds, each in `seed-<n>/`. Per
 optimizer step it records loss, lr, global and per-block grad norms, the final
 LayerNorm's norms, activation norms, step time, tokens, the bytes saved for backward
 and the seed's peak memory so far (train/memory.py) to `metrics.jsonl`; it evaluates
-every `eval_every` steps, checkpoints every `checkpoint_every` steps and at the end,
+every `eval_every` steps (`evaluates_after`), checkpoints every `checkpoint_every` steps and at the end,
 resumes from the checkpoint by default, and stops a seed whose loss is NaN/inf with
 `status: diverged` (a finished stage, so the rest of the study goes on). With
 micro-batches, each evaluation also compares the accumulated gradient with the
@@ -63,6 +63,30 @@ class SeedFiles:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def evaluates_after(step: int, tc, steps_per_epoch: int, total_steps: int) -> bool:
+    """Whether the loop evaluates after optimizer step `step` (step 0, the untrained
+    model, always is). A run sized in steps (`max_steps`): every `eval_every` steps, or
+    at each epoch's end when it is null. A run sized in `epochs`: at each epoch's end,
+    and every `eval_every` steps counted from the epoch's start, so every epoch is
+    evaluated at the same points and always at its end (the epoch table of a language
+    model reads them). Either way, after the last step."""
+    if step == total_steps:
+        return True
+    if tc.epochs is None:
+        return step % (tc.eval_every or steps_per_epoch) == 0
+    into_epoch = (step - 1) % steps_per_epoch + 1
+    return into_epoch == steps_per_epoch or (tc.eval_every is not None and into_epoch % tc.eval_every == 0)
+
+
+def evaluation_cadence(tc, steps_per_epoch: int) -> str:
+    """`evaluates_after` in words, for the log."""
+    if tc.eval_every is None:
+        return f"at the end of every epoch ({steps_per_epoch} steps)"
+    if tc.epochs is None:
+        return f"every {tc.eval_every} steps"
+    return f"every {tc.eval_every} steps of each epoch and at its end"
 
 
 def _finite(record: dict) -> dict:
@@ -175,7 +199,6 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
         atomic.remove_temporaries(path)  # left by a kill during a write
 
     total_steps = tc.max_steps or tc.epochs * workload.steps_per_epoch
-    eval_every = tc.eval_every or workload.steps_per_epoch
 
     def fresh():
         torch.manual_seed(tc.seed)
@@ -220,9 +243,10 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
         return result
 
     status, diverged_step = "completed", None
-    log.info("steps %d to %d on %s, an epoch is %d steps; evaluating every %d steps, checkpointing every %d%s",
-             state.step + 1, total_steps, choice.description, workload.steps_per_epoch, eval_every,
-             tc.checkpoint_every, "; first evaluating the untrained model" if state.step == 0 else "")
+    log.info("steps %d to %d on %s, an epoch is %d steps; evaluating %s, checkpointing every %d%s",
+             state.step + 1, total_steps, choice.description, workload.steps_per_epoch,
+             evaluation_cadence(tc, workload.steps_per_epoch), tc.checkpoint_every,
+             "; first evaluating the untrained model" if state.step == 0 else "")
     progress = logs.Progress(state.step, total_steps, every=progress_every, terminal=logs.on_terminal())
     with progress, open(files.metrics, "a") as metrics_file:
 
@@ -264,7 +288,7 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
             state.step = step
             emit(record)
             progress.step(step, record["loss"], record["lr"], record["tokens"], record["step_time"])
-            if step % eval_every == 0 or step == total_steps:
+            if evaluates_after(step, tc, workload.steps_per_epoch, total_steps):
                 for split in eval_splits:
                     result = evaluate_logged(split, step)
                     emit({"kind": "eval", "split": split, "step": step, "epoch": step / workload.steps_per_epoch,
