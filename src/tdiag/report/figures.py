@@ -10,6 +10,23 @@ sns.set_theme(style="whitegrid", context="notebook")
 
 ACCURACIES = {"exact_match", "token_accuracy", "teacher_forced_exact_match"}
 
+WORDS = {
+    "exact_match": "exact match (share of sequences)",
+    "token_accuracy": "token accuracy",
+    "teacher_forced_exact_match": "teacher-forced exact match",
+    "bleu": "BLEU",
+    "chrf": "chrF",
+    "loss": "loss (nats per token)",
+    "perplexity": "perplexity",
+    "lr": "learning rate",
+    "grad_norm": "global gradient norm (before clipping)",
+}
+"""A record's column name as an axis label."""
+
+
+def words(column: str) -> str:
+    return WORDS.get(column, column.replace("_", " "))
+
 
 def _mark_diverged(ax, metrics: pd.DataFrame) -> None:
     """An x at the step where a seed diverged, labelled: a diverged run is never silently dropped."""
@@ -30,8 +47,9 @@ def eval_curves(metrics: pd.DataFrame, y: str = "exact_match", hue: str = "run",
     sns.lineplot(data=evals, x="step", y=y, hue=hue, errorbar=("pi", 100), marker="o", markersize=3, ax=ax)
     if y in ACCURACIES:
         ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title or f"validation {y.replace('_', ' ')} by step")
+    ax.set_title(title or f"validation {words(y).split(' (')[0]} by step")
     ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"validation {words(y)}")
     ax.legend(fontsize=8, title=hue)
     _mark_diverged(ax, metrics)
     fig.tight_layout()
@@ -45,8 +63,9 @@ def train_curves(metrics: pd.DataFrame, y: str = "loss", hue: str = "run", log_y
     sns.lineplot(data=train, x="step", y=y, hue=hue, errorbar=None, ax=ax, linewidth=1)
     if log_y:
         ax.set_yscale("log")
-    ax.set_title(title or f"training {y.replace('_', ' ')} by step")
+    ax.set_title(title or f"training {words(y).split(' (')[0]} by step")
     ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"training {words(y)}" if y == "loss" else words(y))
     ax.legend(fontsize=8, title=hue)
     _mark_diverged(ax, metrics)
     fig.tight_layout()
@@ -64,6 +83,7 @@ def activation_norms(metrics: pd.DataFrame, run: str):
     sns.lineplot(data=long, x="step", y="norm", hue="layer", ax=ax, linewidth=1)
     ax.set_title(f"{run}: mean activation norm per layer output")
     ax.set_xlabel("optimizer step")
+    ax.set_ylabel("mean per-token activation norm")
     fig.tight_layout()
     return fig
 

@@ -122,6 +122,7 @@ def learning_curves(metrics: pd.DataFrame, title: str = ""):
     sns.lineplot(data=evals, x="step", y="loss", hue="split", style=style, marker="o", ax=ax)
     ax.set_yscale("log")
     ax.set_title("loss (per target token)")
+    ax.set_ylabel("loss (nats per target token)")
     for ax, metric, name in ((axes[1], "bleu", "BLEU"), (axes[2], "chrf", "chrF")):
         sns.lineplot(data=evals, x="step", y=metric, hue="split", style=style, marker="o", ax=ax)
         ax.set_ylim(0, 100)
