@@ -140,7 +140,7 @@ MODEL_KEYS = ("d_model", "n_heads", "attention", "norm")
         ("scael", ("scale", "data", "datasets", "studies", "scales")),
         ("data.mirorr", ("mirror",)),
         ("studies.toy.train.optimzer", TRAIN_KEYS),
-        ("studies.toy.model.init.tie_kq", ("tie_qk", "zero_wo")),
+        ("studies.toy.model.init.tei", ("tie", "zero_wo")),
         ("studies.toy.runs.copy.model.n_head", MODEL_KEYS),
         ("studies.toy.runs.copy.modle", ("dataset", "model", "train")),
         ("datasets.copy.vocab_szie", ("vocab_size", "content_length", "n_train")),
@@ -396,13 +396,13 @@ def test_parse_override_splits_the_path():
 def test_overrides_reach_the_validated_config():
     cfg = load(
         PARAMS,
-        ["studies.toy.train.lr=0.01", "studies.toy.runs.copy.train.betas=[0.8, 0.9]", "studies.toy.model.init.tie_qk=true"],
+        ["studies.toy.train.lr=0.01", "studies.toy.runs.copy.train.betas=[0.8, 0.9]", "studies.toy.model.init.tie=qkv"],
         env={},
     )
     run = cfg.run("toy", "copy")
     assert run.train.lr == 0.01
     assert run.train.betas == (0.8, 0.9)
-    assert run.model.init.tie_qk is True
+    assert run.model.init.tie == "qkv"
 
 
 def test_override_can_choose_the_scale():
