@@ -78,7 +78,7 @@ class TorchTransformer(nn.Module):
 
 # "+init": the init choices the toy study's ablation grids single out (W_Q/W_K tied at
 # init, W_O zeroed, token embedding std 1); without it, the package defaults.
-INIT_CHOICES = InitConfig(tie_qk=True, zero_wo=True, embedding_std="one")
+INIT_CHOICES = InitConfig(tie="qk", zero_wo=True, embedding_std="one")
 
 
 def build(name: str, d_ff: int, vocab: int) -> nn.Module:

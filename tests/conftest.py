@@ -41,8 +41,9 @@ def tiny_params(extra: dict | None = None) -> dict:
     toy["seeds"] = 1
     toy["model"].update(d_model=32, d_ff=64)
     toy["train"].update(TINY_TRAIN)
+    toy["dataset"] = "copy"  # the grid's: the one dataset tiny_project generates
     toy["runs"] = {"copy": {"dataset": "copy"}, "dates": {"dataset": "dates"}}
-    toy["grids"] = {"qk_wo": {"vary": {"model.init.tie_qk": [False, True]}}}
+    toy["grids"] = {"qk_wo": {"vary": {"model.init.tie": ["none", "qk"]}}}
     # An absolute mirror path: the project may run from a temporary copy.
     params["data"]["mirror"] = str(MIRROR)
     _tiny_lm(params)

@@ -140,7 +140,7 @@ MODEL_KEYS = ("d_model", "n_heads", "attention", "norm")
         ("scael", ("scale", "data", "datasets", "studies", "scales")),
         ("data.mirorr", ("mirror",)),
         ("studies.toy.train.optimzer", TRAIN_KEYS),
-        ("studies.toy.model.init.tie_kq", ("tie_qk", "zero_wo")),
+        ("studies.toy.model.init.tei", ("tie", "zero_wo")),
         ("studies.toy.runs.copy.model.n_head", MODEL_KEYS),
         ("studies.toy.runs.copy.modle", ("dataset", "model", "train")),
         ("datasets.copy.vocab_szie", ("vocab_size", "content_length", "n_train")),
@@ -326,6 +326,19 @@ def test_committed_grid_variants_are_all_distinct(scale):
         assert len(set(digests.values())) == len(digests), f"study {study_name}: duplicate runs"
 
 
+@pytest.mark.parametrize("scale", ["smoke", "full"])
+def test_committed_toy_grids_train_on_reverse_with_every_tying(scale):
+    """The reference's ablations ran on reverse, with
+    W_Q/W_K/W_V tied at init or not, crossed with W_O zeroed or not."""
+    cfg = load(PARAMS, [f"scale={scale}"], env={})
+    grid_runs = {name: cfg.run("toy", name) for name, (where, _) in cfg.studies["toy"].run_overrides().items()
+                 if where.startswith("grids.")}
+    assert sorted(grid_runs) == sorted(f"{grid}-{n}" for grid in ("warmup", "qk_wo", "embedding") for n in range(1, 7))
+    assert {run.dataset for run in grid_runs.values()} == {"reverse"}
+    inits = {(run.model.init.tie, run.model.init.zero_wo) for name, run in grid_runs.items() if name.startswith("qk_wo-")}
+    assert inits == {(tie, zero) for tie in ("none", "qk", "qkv") for zero in (False, True)}
+
+
 def test_linked_axis_sets_its_keys_together():
     cfg = load(PARAMS, ["scale=smoke"], env={})
     runs = {name: cfg.run("toy", name) for name in cfg.studies["toy"].run_overrides() if name.startswith("embedding-")}
@@ -396,13 +409,13 @@ def test_parse_override_splits_the_path():
 def test_overrides_reach_the_validated_config():
     cfg = load(
         PARAMS,
-        ["studies.toy.train.lr=0.01", "studies.toy.runs.copy.train.betas=[0.8, 0.9]", "studies.toy.model.init.tie_qk=true"],
+        ["studies.toy.train.lr=0.01", "studies.toy.runs.copy.train.betas=[0.8, 0.9]", "studies.toy.model.init.tie=qkv"],
         env={},
     )
     run = cfg.run("toy", "copy")
     assert run.train.lr == 0.01
     assert run.train.betas == (0.8, 0.9)
-    assert run.model.init.tie_qk is True
+    assert run.model.init.tie == "qkv"
 
 
 def test_override_can_choose_the_scale():
@@ -484,7 +497,7 @@ def test_digest_is_stable_for_equal_configs(raw):
     assert a is not b and a.digest() == b.digest()
     # restating a study default in the run is the same configuration
     lr = raw["studies"]["toy"]["train"]["lr"]
-    raw["studies"]["toy"]["runs"]["copy"] = {"train": {"lr": lr}}
+    raw["studies"]["toy"]["runs"]["copy"] = {"dataset": "copy", "train": {"lr": lr}}
     assert validate(raw, env={}).run("toy", "copy").digest() == a.digest()
     assert RunConfig.model_validate(a.model_dump()).digest() == a.digest()
 

@@ -159,8 +159,8 @@ def test_absurd_size_is_one_line_before_anything_is_built():
 
 def test_grid_errors_name_the_vary_and_overrides_paths_written():
     raw = tiny_params()
-    raw["studies"]["toy"]["grids"]["qk_wo"]["vary"]["model.init.tie_qk"] = [False, "maybe"]
-    assert "'studies.toy.grids.qk_wo.vary.model.init.tie_qk[1]'" in _message(raw)
+    raw["studies"]["toy"]["grids"]["qk_wo"]["vary"]["model.init.tie"] = ["none", "maybe"]
+    assert "'studies.toy.grids.qk_wo.vary.model.init.tie[1]'" in _message(raw)
     raw = tiny_params()
     raw["studies"]["toy"]["grids"]["qk_wo"]["overrides"] = {"train": {"lrr": 1}}
     assert "unknown key 'studies.toy.grids.qk_wo.overrides.train.lrr'" in _message(raw)

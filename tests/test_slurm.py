@@ -98,6 +98,6 @@ def test_the_committed_study_asks_for_minutes_at_smoke_scale_and_hours_at_full()
     for name, stage in smoke.items():
         if stage.gpu:
             assert full[name].resources.mem_mb > stage.resources.mem_mb, name
-    # The longest full run (toy's warmup grid: 3 seeds x 8,000 steps) asks for over an hour,
+    # The longest full run (toy's embedding grid: 3 seeds x 24,000 steps) asks for over an hour,
     # and no job for more than a day.
     assert 60 < max(s.resources.runtime_min for s in full.values()) <= 24 * 60

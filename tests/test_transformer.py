@@ -224,24 +224,27 @@ def test_linears_are_xavier_with_zero_bias():
             assert (module.bias == 0).all()
 
 
-def test_tied_qk_start_equal_and_train_apart():
-    model = model_of(tiny(init=InitConfig(tie_qk=True))).train()
+@pytest.mark.parametrize("tie, tied, apart", [("none", [], ["w_k", "w_v"]),
+                                               ("qk", ["w_k"], ["w_v"]),
+                                               ("qkv", ["w_k", "w_v"], [])])
+def test_tied_projections_start_equal_and_train_apart(tie, tied, apart):
+    model = model_of(tiny(init=InitConfig(tie=tie))).train()
     blocks = attention_blocks(model)
     assert len(blocks) == 2 + 2 * 2
     for attn in blocks:
-        assert torch.equal(attn.w_q.weight, attn.w_k.weight) and torch.equal(attn.w_q.bias, attn.w_k.bias)
-        assert attn.w_q.weight is not attn.w_k.weight
+        for name in tied:
+            w = getattr(attn, name)
+            assert torch.equal(attn.w_q.weight, w.weight) and torch.equal(attn.w_q.bias, w.bias)
+            assert attn.w_q.weight is not w.weight and attn.w_q.bias is not w.bias
+        for name in apart:
+            assert not torch.equal(attn.w_q.weight, getattr(attn, name).weight)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model(tokens(2, 5), tokens(2, 4, seed=2)).pow(2).mean().backward()
     optimizer.step()
     for attn in blocks:
-        assert not torch.equal(attn.w_q.weight, attn.w_k.weight)
-        assert not torch.equal(attn.w_q.bias, attn.w_k.bias)
-
-
-def test_untied_qk_differ():
-    for attn in attention_blocks(model_of(tiny())):
-        assert not torch.equal(attn.w_q.weight, attn.w_k.weight)
+        for name in tied:
+            assert not torch.equal(attn.w_q.weight, getattr(attn, name).weight)
+            assert not torch.equal(attn.w_q.bias, getattr(attn, name).bias)
 
 
 def test_zero_wo():

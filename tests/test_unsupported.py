@@ -52,7 +52,7 @@ def test_the_report_reads_an_unsupported_run_beside_a_trained_one_which_a_capabl
     assert runs.loc["copy", "status"] == "completed"
     unsupported = runs.loc["qk_wo-1"]
     assert unsupported["status"] == "unsupported" and unsupported["reason"] == "fp32 pretended unsupported"
-    assert not unsupported["config.model.init.tie_qk"] and unsupported["variant"] == "tie_qk=False"
+    assert unsupported["config.model.init.tie"] == "none" and unsupported["variant"] == "tie=none"
     metrics = collect.load_metrics(tiny_project, "toy")
     assert set(metrics["run"]) == {"copy"}
     fates = figures.steps_to_threshold(metrics, runs.reset_index())["other seeds"]

@@ -217,7 +217,8 @@ SYNTHETIC = (SymbolTaskConfig, PolynomialTaskConfig, DatesTaskConfig)
 class InitConfig(Frozen):
     """Named initialisation choices (see models/init.py)."""
 
-    tie_qk: bool = False
+    tie: Literal["none", "qk", "qkv"] = "none"
+    """Projections equal at init: none; qk, W_K = W_Q; qkv, W_K = W_V = W_Q (then trained apart)."""
     zero_wo: bool = False
     embedding_std: Literal["one", "inv_sqrt_d"] = "inv_sqrt_d"
     position_std_ratio: Annotated[float, Field(gt=0)] = 1.0

@@ -13,10 +13,12 @@ The options:
 - `position_std_ratio`: learned position embeddings ~ N(0, (ratio * s)^2), so the ratio
   sets how loud position is against content. Sinusoidal positions (section 3.5) are
   fixed and not touched.
-- `tie_qk`: in every attention block W_K starts as a copy of W_Q, weight and bias. The
-  initial scores x W W^T y^T then come from a positive semi-definite form, so a token
-  starts out favouring keys like itself (cf. the mimetic initialisation of Trockman &
-  Kolter 2023). They stay separate parameters and train apart.
+- `tie`: which projections of every attention block start equal, weight and bias:
+  'none'; 'qk', W_K starts as a copy of W_Q; 'qkv', W_K and W_V both start as copies of
+  W_Q. With W_K = W_Q the initial scores x W W^T y^T come from a positive semi-definite
+  form, so a token starts out favouring keys like itself (cf. the mimetic
+  initialisation of Trockman & Kolter 2023). The copies stay separate parameters and
+  train apart. These are the tying combinations the toy study's reference compared.
 - `zero_wo`: W_O weight and bias start at zero, so every attention sublayer adds nothing
   to the residual stream at step 0 (in the spirit of Fixup, Zhang et al. 2019, and
   ReZero, Bachlechner et al. 2020).
@@ -36,6 +38,9 @@ TOKEN_STD: dict[str, Callable[[int], float]] = {
     "one": lambda d_model: 1.0,
     "inv_sqrt_d": lambda d_model: d_model**-0.5,
 }
+
+TIED: dict[str, tuple[str, ...]] = {"none": (), "qk": ("w_k",), "qkv": ("w_k", "w_v")}
+"""`tie` -> the projections (MultiHeadAttention attributes) that start as copies of W_Q."""
 
 
 def init_weights(
@@ -64,9 +69,9 @@ def init_weights(
         for module in model.modules():
             if not isinstance(module, MultiHeadAttention):
                 continue
-            if init.tie_qk:
-                module.w_k.weight.copy_(module.w_q.weight)
-                module.w_k.bias.copy_(module.w_q.bias)
+            for name in TIED[init.tie]:
+                getattr(module, name).weight.copy_(module.w_q.weight)
+                getattr(module, name).bias.copy_(module.w_q.bias)
             if init.zero_wo:
                 module.w_o.weight.zero_()
                 module.w_o.bias.zero_()

@@ -42,7 +42,7 @@ def finished_runs(root: Path, study: str) -> list[dict]:
 
 
 def variant_label(variant: dict) -> str:
-    """`model.init.tie_qk=True, ...` -> `tie_qk=True, ...`: the last key part is enough to read."""
+    """`model.init.tie=qk, ...` -> `tie=qk, ...`: the last key part is enough to read."""
     return ", ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in variant.items())
 
 
