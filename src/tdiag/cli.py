@@ -93,8 +93,10 @@ def run(argv: list[str]) -> int:
         found = "not here (the report pages need it)"
         if (root / paths.CLAIMS).is_file():
             checked = claims.load(root / paths.CLAIMS)
-            claims.check(checked, cfg, root / paths.CLAIMS)
             found = f"{len(checked.claims)} claims"
+            elsewhere = claims.unconfigured(checked, cfg)
+            if elsewhere:
+                found += f" ({len(elsewhere)} of studies not configured, judged nowhere: {', '.join(elsewhere)})"
         print(f"{args.params}: valid (scale {cfg.scale} -> {cfg.resolved_scale}); {paths.CLAIMS}: {found}")
     elif args.verb == "data" and args.data_verb == "fetch":
         from tdiag.data.fetch import fetch_corpus

@@ -69,9 +69,7 @@ def render_study(cfg: Config, study: str, root: Path = Path(".")) -> Path:
     from tdiag.report import claims
 
     root = root.resolve()
-    checked = claims.load(root / claims.CLAIMS_FILE)
-    claims.check(checked, cfg, root / claims.CLAIMS_FILE)
-    claims.write_verdicts(checked, root, study)
+    claims.write_verdicts(claims.load(root / claims.CLAIMS_FILE), root, study)
     executed = root / paths.executed_notebook(study)
     execute_notebook(root / paths.notebook(study), executed, {"study": study, "root": str(root)}, root)
     page = root / paths.report_page(study)
