@@ -48,11 +48,13 @@ estimate measured 5-20 ms a step (lm, toy, wmt14; benchmarks/RESULTS.md, `tdiag
 estimate`), 14-17 ms for toy with evaluations; 0.1 s leaves 5x for an older GPU, a
 shared node and the final evaluation."""
 
-DECODE_SECONDS = 0.02
-"""Wall-time budget of one evaluation, per held-out sequence and beam (`eval_examples` x
-`beam_size`): two followed splits (translation evaluates its training split too) at
-10 ms each. Greedy decoding is batched (the toy study's 41 evaluations of 500 sequences
-left its H200 seeds at 14-17 ms a step overall); beam search is the slow one."""
+DECODE_SECONDS = {"greedy": 0.002, "beam": 0.02}
+"""Wall-time budget of one evaluation, per held-out sequence (and per beam for beam
+search). Greedy decoding is batched: the toy study's 41 evaluations of 500 sequences
+left its H200 seeds at 14-17 ms a step overall, about 0.1-0.2 s an evaluation, so
+0.002 s a sequence (1 s an evaluation) leaves 5-10x. Beam search decodes one sentence at
+a time, over two followed splits (translation evaluates its training split too): 10 ms
+each per beam."""
 
 WIKITEXT2_TRAIN_TOKENS = 2_088_628
 """Tokens of WikiText-2's training split (Merity et al. 2016, Table 1), for a
@@ -84,7 +86,8 @@ def training(scale: str, rc: RunConfig, dataset: DatasetConfig) -> Resources:
         evaluations = steps // rc.train.eval_every + (rc.train.epochs or 0) + 1
     else:
         evaluations = (rc.train.epochs or 1) + 1
-    evaluation = rc.train.eval_examples * rc.train.beam_size * DECODE_SECONDS
+    per_sequence = DECODE_SECONDS["greedy"] if rc.train.beam_size == 1 else rc.train.beam_size * DECODE_SECONDS["beam"]
+    evaluation = rc.train.eval_examples * per_sequence
     seconds = rc.seeds * (steps * STEP_SECONDS[scale] + evaluations * evaluation)
     return Resources(
         cpus=TRAIN_THREADS,
