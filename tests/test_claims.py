@@ -89,6 +89,7 @@ claims:
     (("kind: compare", "kind: versus"), "claims.one.rule.kind"),
     (("      second: {runs: [reverse]}\n", ""), "missing key 'claims.one.rule.second'"),
     (("first: {runs: [copy]}", "first: {}"), "a selection needs `runs`, `grid` or `where`"),
+    (("  one:\n", "  bad name!:\n"), "'claims': bad name 'bad name!'"),
 ])
 def test_a_bad_claims_file_is_one_line_naming_the_key(tmp_path: Path, change, message):
     path = _write(tmp_path, GOOD.replace(*change))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tdiag import atomic, paths
 from tdiag.config import Config
@@ -56,11 +56,12 @@ class ClaimsFile(BaseModel):
 
     claims: dict[str, Claim] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _named_well(self) -> "ClaimsFile":
-        for name in self.claims:
+    @field_validator("claims")
+    @classmethod
+    def _named_well(cls, claims: dict) -> dict:
+        for name in claims:
             paths.check_name(name)
-        return self
+        return claims
 
 
 def load(path: Path = CLAIMS_FILE) -> ClaimsFile:
@@ -75,8 +76,6 @@ def load(path: Path = CLAIMS_FILE) -> ClaimsFile:
         return ClaimsFile.model_validate(raw)
     except ValidationError as err:
         raise ClaimsError(f"{path}: " + format_error(err, "", ClaimsFile)) from None
-    except ValueError as err:  # a claim name that is not a safe name
-        raise ClaimsError(f"{path}: {err}") from None
 
 
 def unconfigured(claims: ClaimsFile, cfg: Config) -> list[str]:
