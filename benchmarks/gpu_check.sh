@@ -13,7 +13,8 @@
 #   5. lab GPU paths            the lab's checkpointing, precision and attention_length
 #                               cells at full scale (issue 12: experiments 3, 5, 6), one
 #                               line each: status, median step, saved bytes, peak memory
-#   6. DDP                      skipped with the reason (tdiag has no DDP yet)
+#   6. DDP                      with 2 GPUs or more: toy copy on 2 NCCL processes vs 1,
+#                               the largest per-step loss difference; else skipped
 #
 # Every check runs under its own `timeout`, and the sum of the budgets stays inside
 # GPU_CHECK_BUDGET_S (default 560 s), so the script ends within 10 minutes whatever hangs;
@@ -252,14 +253,42 @@ fi
 rm -rf "$LAB"
 
 # ------------------------------------------------------------------ 6. DDP
+# Two NCCL processes (train.devices: 2, started by `tdiag train` through torchrun) against
+# one process, the same toy run at smoke size: per-step losses must agree within fp32
+# rounding. Without 2 GPUs: skipped (tests/test_distributed.py covers the gloo path on CPUs).
 N_GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-note ""
-if grep -rqs "DistributedDataParallel" src/tdiag; then
-    note "## 2-process DDP: SKIPPED, src/tdiag mentions DistributedDataParallel but this script has no DDP check yet"
-elif [ "${N_GPUS:-0}" -ge 2 ]; then
-    note "## 2-process DDP: SKIPPED, DDP is not implemented in tdiag (the machine has $N_GPUS GPUs)"
+if [ "${N_GPUS:-0}" -ge 2 ]; then
+    DDP=$(mktemp -d /tmp/gpu_check_ddp.XXXXXX)
+    cp params.yaml "$DDP/"
+    DDP_SET=(--set scale=smoke --set studies.toy.seeds=1)
+    (cd "$DDP" && check "2-process DDP (toy copy at smoke size, 1 vs 2 GPUs)" 90 ddp.log bash -c \
+        '"$0" -m tdiag "$@" data synth copy && "$0" -m tdiag "$@" train toy copy && mv results/runs/toy/copy one &&
+         "$0" -m tdiag "$@" --set studies.toy.runs.copy.train.devices=2 train toy copy' "$PY" "${DDP_SET[@]}")
+    "$PY" - "$DDP" >>"$LOGS/ddp.log" 2>&1 <<'EOF'
+"""The largest per-step loss difference between the 1- and 2-process runs."""
+import json, sys
+from pathlib import Path
+
+root = Path(sys.argv[1])
+
+
+def losses(folder):
+    lines = (folder / "seed-0" / "metrics.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
+
+
+try:
+    one, two = losses(root / "one"), losses(root / "results/runs/toy/copy")
+    print(f"ddp: {len(two)} steps on 2 GPUs vs {len(one)} on 1, largest loss difference "
+          f"{max(abs(a - b) for a, b in zip(one, two)):.2e}")
+except (OSError, ValueError) as err:
+    print(f"ddp: no comparison ({err})")
+EOF
+    note "$(grep -E '^ddp:' "$LOGS/ddp.log")"
+    rm -rf "$DDP"
 else
-    note "## 2-process DDP: SKIPPED, the machine has ${N_GPUS:-0} GPU(s) (< 2), and DDP is not implemented in tdiag"
+    note ""
+    note "## 2-process DDP: SKIPPED, the machine has ${N_GPUS:-0} GPU(s) (< 2); tests/test_distributed.py runs 2 gloo processes on the CPU"
 fi
 
 note ""

@@ -81,6 +81,16 @@ def test_every_kind_of_rule_is_submitted_with_its_resources(smoke_calls: dict[st
             assert _option(call, "-t") is not None, call
 
 
+def test_a_run_on_two_devices_asks_for_two_gpus_two_cpus_and_twice_the_memory(tmp_path: Path):
+    project = _project_copy(tmp_path)
+    jobs = _dry_run_jobs(project, "--config", "scale=smoke",
+                          "studies={toy: {runs: {copy: {train: {devices: 2}}}}}")
+    two, one = (_sbatch(rule, jobs[rule]) for rule in ("train_toy_copy", "train_toy_dates"))
+    assert (_option(two, "--gpus"), _option(two, "--cpus-per-task")) == ("2", "2"), two
+    assert (_option(one, "--gpus"), _option(one, "--cpus-per-task")) == ("1", "1"), one
+    assert int(_option(two, "--mem")) == 2 * int(_option(one, "--mem"))
+
+
 def test_a_smoke_job_asks_for_minutes(smoke_calls: dict[str, str]):
     for rule, call in smoke_calls.items():
         minutes = int(_option(call, "-t"))
@@ -96,7 +106,7 @@ def test_the_committed_study_asks_for_minutes_at_smoke_scale_and_hours_at_full()
                    for scale in ("smoke", "full"))
     assert max(s.resources.runtime_min for s in smoke.values()) <= 30
     for name, stage in smoke.items():
-        if stage.gpu:
+        if stage.gpus:
             assert full[name].resources.mem_mb > stage.resources.mem_mb, name
     # The longest full run (toy's embedding grid: 3 seeds x 24,000 steps) asks for over an hour,
     # and no job for more than a day.

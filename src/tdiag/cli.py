@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("study")
     train.add_argument("run")
     train.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
-    train.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    train.add_argument("--threads", type=int, default=None, help="CPU threads for torch, per process (default: torch's)")
 
     collect = verbs.add_parser("collect", help="gather a study's runs into results/<study>/runs.csv and metrics.json")
     collect.add_argument("study")
@@ -109,12 +109,16 @@ def run(argv: list[str]) -> int:
         if verb == "data synth":
             print(f"dataset {args.dataset}: {result['sizes']}")
     elif args.verb == "train":
-        cfg.run(args.study, args.run)  # unknown names fail before torch is loaded
+        rc = cfg.run(args.study, args.run)  # unknown names fail before torch is loaded
         paths.inside(root, paths.run_dir(args.study, args.run))
         progress_every = _progress_every(os.environ.get(PROGRESS_ENV))
         import torch
 
+        from tdiag.train import distributed
         from tdiag.train.loop import train_run
+
+        if rc.train.devices > 1 and not distributed.from_env().active:
+            return _train_distributed(cfg, rc, args, argv, root)
 
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -163,6 +167,30 @@ def run(argv: list[str]) -> int:
             for st in plan.stages(cfg):
                 print(f"{st.name}: tdiag {' '.join(st.args)}")
     return 0
+
+
+def _train_distributed(cfg, rc, args, argv: list[str], root: Path) -> int:
+    """`tdiag train` of a run with `train.devices` > 1: the same command as that many
+    torchrun processes (train/distributed.py), on GPUs claimed for the run, or on the CPU."""
+    from tdiag import devices
+    from tdiag.data.kinds import kind_of
+    from tdiag.train import distributed
+    from tdiag.train.loop import read_meta
+
+    read_meta(root, rc.dataset, kind_of(cfg.datasets[rc.dataset]))  # a missing dataset: one line, here
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(args.threads or 1))  # torchrun's own default, without its warning
+    slots, description = devices.select_devices(
+        rc.train.devices, Path(cfg.devices.lock_dir) if cfg.devices.lock_dir else None, env,
+        f"studies.{args.study}.runs.{args.run}.train.devices",
+        on_wait=lambda message: print(f"tdiag: {message}", file=sys.stderr), jobs_per_gpu=cfg.devices.jobs_per_gpu,
+    )
+    print(f"tdiag: {args.study}/{args.run}: {rc.train.devices} processes on {description}", file=sys.stderr)
+    try:
+        return distributed.launch(rc.train.devices, argv, env)
+    finally:
+        for slot in slots:
+            slot.release()
 
 
 def _progress_every(value: str | None) -> dict:

@@ -156,6 +156,43 @@ def claim_slot(
         time.sleep(poll_seconds)
 
 
+def claim_slots(
+    lock_dir: Path,
+    devices: Sequence[str],
+    wanted: int,
+    poll_seconds: float = 0.5,
+    on_wait: Callable[[str], None] | None = None,
+    jobs_per_device: int = 1,
+) -> list[Slot]:
+    """Claim slots on `wanted` different devices among `devices`, all at once.
+
+    All or nothing: a round that finds fewer free devices releases what it locked and
+    waits, so two multi-device jobs that each hold part of what they need can never wait
+    on each other forever. Slots as in `claim_slot` (first slots before second ones).
+    """
+    keys = list(devices)
+    if not 1 <= wanted <= len(keys):
+        raise ValueError(f"cannot claim {wanted} of {len(keys)} devices")
+    told = False
+    while True:
+        _make_shared_dir(lock_dir)
+        held: list[Slot] = []
+        for share in range(jobs_per_device):
+            for index, key in enumerate(keys):
+                if len(held) < wanted and key not in {slot.key for slot in held}:
+                    slot = _try_lock(lock_dir, index, key, share)
+                    if slot is not None:
+                        held.append(slot)
+        if len(held) == wanted:
+            return held
+        for slot in held:
+            slot.release()
+        if on_wait is not None and not told:
+            on_wait(f"fewer than {wanted} GPUs have a free slot in {lock_dir}; waiting for {wanted} at once")
+            told = True
+        time.sleep(poll_seconds)
+
+
 def _unusable(lock_dir: Path, problem: str) -> UserError:
     return UserError(
         f"GPU lock folder {lock_dir} {problem}; set devices.lock_dir in params.yaml "
@@ -319,6 +356,41 @@ def select_device(
         slot,
         f"{device} ({name}, GPU {slot.key}, slot lock {slot.path})",
     )
+
+
+def select_devices(
+    wanted: int,
+    lock_dir: Path | None,
+    env,
+    key: str,
+    cuda_count: Callable[[], int] | None = None,
+    on_wait: Callable[[str], None] | None = None,
+    jobs_per_gpu: int = 1,
+) -> tuple[list[Slot], str]:
+    """Choose `wanted` GPUs for the processes of one data-parallel run; call before CUDA starts.
+
+    Returns the slots that reserve them (release them when the run ends) and a
+    description. Without CUDA the processes run on the CPU (gloo) and nothing is
+    claimed. A preset `CUDA_VISIBLE_DEVICES` of exactly `wanted` entries (a cluster
+    scheduler's choice) is kept without locks; otherwise the GPUs are claimed among those
+    visible (`claim_slots`) and `CUDA_VISIBLE_DEVICES` in `env` is narrowed to them, so
+    process `LOCAL_RANK` uses the `LOCAL_RANK`-th. Fewer visible GPUs than `wanted` is a
+    `UserError` naming `key`.
+    """
+    count = (cuda_count or torch.cuda.device_count)()
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if count == 0:
+        return [], f"{wanted} CPU processes (no CUDA; gloo)"
+    entries = visible_devices(visible, count)
+    if len(entries) < wanted:
+        raise UserError(f"{key}: {wanted}, but this job sees {len(entries)} GPU(s) "
+                        f"(CUDA_VISIBLE_DEVICES={visible!r}); lower it or give the job more GPUs")
+    if visible is not None and len(entries) == wanted:
+        return [], f"GPUs {visible} (CUDA_VISIBLE_DEVICES)"
+    slots = claim_slots(lock_dir or default_lock_dir(), entries, wanted, on_wait=on_wait,
+                        jobs_per_device=jobs_per_gpu)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(slot.key for slot in slots)
+    return slots, f"GPUs {env['CUDA_VISIBLE_DEVICES']} (slot locks in {slots[0].path.parent})"
 
 
 def _narrow_to(env, visible: str | None, slot: Slot, count_devices: Callable[[], int]) -> torch.device:

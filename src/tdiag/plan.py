@@ -115,7 +115,7 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
                 params=tuple(f"studies.{study}.{key}" for key in STUDY_KEYS)
                 + (_run_entry(study, entries[run][0]), "scale"),
                 folder=str(paths.run_dir(study, run)),
-                gpu=True,
+                gpus=rc.train.devices,
                 priority=cfg.studies[study].priority,
                 fingerprint=json_digest([cfg.resolved_scale, rc.model_dump(mode="json")]),
                 resources=resources.training(cfg.resolved_scale, rc, cfg.datasets[rc.dataset]),

@@ -4,8 +4,9 @@ Snakemake hands these to every rule (workflow/rules/stages.smk); the local sched
 counts `gpu` and the threads, and a cluster executor turns all of them into its
 submission arguments (the SLURM plugin: `--cpus-per-task`, `--mem`, `-t`, `--gpus`).
 They follow the resolved scale: `smoke` is sized for one CPU core, `full` for one GPU
-(params.yaml). A training stage also takes one GPU at every scale (`Stage.gpu`): it
-trains on a GPU wherever one is given, and the local `gpu` resource counts those jobs.
+(params.yaml). A training stage also takes one GPU per process of its run at every scale
+(`Stage.gpus`, the run's `train.devices`): it trains on GPUs wherever they are given, and
+the local `gpu` resource counts them; its CPUs and host memory grow with its processes.
 Every figure is a rule of thumb with its measurement beside it, chosen to be an upper
 bound: a job that outgrows its wall time is killed by the scheduler, and a
 training job then resumes from its checkpoint on the retry, which gets twice the time
@@ -89,9 +90,9 @@ def training(scale: str, rc: RunConfig, dataset: DatasetConfig) -> Resources:
     per_sequence = DECODE_SECONDS["greedy"] if rc.train.beam_size == 1 else rc.train.beam_size * DECODE_SECONDS["beam"]
     evaluation = rc.train.eval_examples * per_sequence
     seconds = rc.seeds * (steps * STEP_SECONDS[scale] + evaluations * evaluation)
-    return Resources(
-        cpus=TRAIN_THREADS,
-        mem_mb=TRAIN_MEM_MB[scale],
+    return Resources(  # the wall time of one process: data parallelism is not counted on to save any
+        cpus=TRAIN_THREADS * rc.train.devices,
+        mem_mb=TRAIN_MEM_MB[scale] * rc.train.devices,
         runtime_min=max(MIN_RUNTIME, math.ceil(seconds / 60)),
     )
 

@@ -132,7 +132,9 @@ class Stage:
     folder: str = ""
     """A folder of working files that holds `outs` (a run's seed folders, which resume
     reads): DVC tracks the folder whole instead of the files, and keeps it across reruns."""
-    gpu: bool = False
+    gpus: int = 0
+    """GPUs the stage's job takes (a training run's `train.devices`, one process each; on
+    the CPU, that many processes)."""
     priority: int = 0
     """Snakemake's scheduling priority (the study's `priority`; DVC runs stages in order)."""
     fingerprint: str = field(default="", compare=False)

@@ -1,5 +1,6 @@
-# One rule per stage record; a gpu stage takes one unit of the `gpu` resource and
-# claims its own device at run time (tdiag.devices). Threads, `mem_mb` and `runtime`
+# One rule per stage record; a training stage takes one unit of the `gpu` resource per
+# process of its run (`train.devices`) and claims its own devices at run time
+# (tdiag.devices); its `--threads` is per process, the rule's threads shared among them. Threads, `mem_mb` and `runtime`
 # (minutes) come from the record (tdiag.resources, sized from the resolved scale); a
 # cluster executor turns them into its submission arguments, `gpu` included (the SLURM
 # plugin: `--gpus=1`), and a retry after the time limit gets the time again per attempt
@@ -26,11 +27,14 @@ for stage in STAGES:
         threads: stage.resources.cpus
         priority: stage.priority
         resources:
-            gpu=int(stage.gpu),
+            gpu=stage.gpus,
+            # SLURM's --cpus-per-task, whatever the submitting machine's own --cores caps `threads` at
+            cpus_per_task=stage.resources.cpus,
             mem_mb=stage.resources.mem_mb,
             runtime=per_attempt(stage.resources.runtime_min),
         shell:
-            "{params.cmd}" + (" --threads {threads}" if stage.gpu else "") + " > {log} 2>&1"
+            "{params.cmd}" + (" --threads $(( ({threads} + {resources.gpu} - 1) / {resources.gpu} ))"
+                              if stage.gpus else "") + " > {log} 2>&1"
 
 
 # `snakemake --cores all <study>`: one study's page and what it needs.

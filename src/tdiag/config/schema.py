@@ -54,6 +54,8 @@ MAX_EPOCHS = 10**6
 MAX_BEAM = 1024
 MAX_SEEDS = 1000
 """seeds: trained runs per variant."""
+MAX_DEVICES = 1024
+"""train.devices: processes of one data-parallel run."""
 MAX_SEED = 2**32 - MAX_SEEDS - 1
 """Seeds seed numpy's generators (0 .. 2**32 - 1); train.seed + seeds - 1 must stay in range."""
 
@@ -299,6 +301,10 @@ class TrainConfig(Frozen):
     """Seq2seq on real text: length-bucketed batches of about this many target tokens
     instead of batch_size sentences."""
     micro_batches: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 1
+    devices: Annotated[int, Field(ge=1, le=MAX_DEVICES)] = 1
+    """Processes (GPUs, or CPU processes without CUDA) one run trains on with
+    DistributedDataParallel: the stage starts them with torchrun (train/distributed.py).
+    Each sees 1/devices of every step's batch, so the global batch is batch_size either way."""
     beam_size: Annotated[int, Field(ge=1, le=MAX_BEAM)] = 1
     """Beam width of held-out decoding (1 = greedy)."""
     clip_grad_norm: Optional[Annotated[float, Field(gt=0)]] = 1.0
@@ -326,6 +332,11 @@ class TrainConfig(Frozen):
         if self.batch_size % self.micro_batches:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be divisible by micro_batches ({self.micro_batches})"
+            )
+        if self.devices > 1 and not self.batch_tokens and self.batch_size % (self.micro_batches * self.devices):
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be divisible by micro_batches x devices "
+                f"({self.micro_batches} x {self.devices}): each device takes an equal share of every step"
             )
         return self
 

@@ -75,8 +75,15 @@ def restore_rng(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save(path: Path, *, digest: str, state: TrainState, workload: dict, model, optimizer, scheduler, scaler) -> None:
-    """`workload` is the workload's own state (e.g. an LSTM's hidden state carried across steps)."""
+def rank_state(workload: dict) -> dict:
+    """What differs between the processes of a data-parallel run: RNG and workload state."""
+    return {"rng": rng_states(), "workload": workload}
+
+
+def save(path: Path, *, digest: str, state: TrainState, workload: dict, model, optimizer, scheduler, scaler,
+         ranks: Optional[list[dict]] = None) -> None:
+    """`workload` is the workload's own state (e.g. an LSTM's hidden state carried across
+    steps); `ranks`, for a data-parallel run, every process's `rank_state` in rank order."""
     payload = {
         "format": FORMAT,
         "config_digest": digest,
@@ -91,6 +98,7 @@ def save(path: Path, *, digest: str, state: TrainState, workload: dict, model, o
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng_states(),
         "workload": workload,
+        "ranks": ranks,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -127,8 +135,10 @@ def read(path: Path) -> Optional[dict]:
     return payload
 
 
-def restore(payload: dict, *, model, optimizer, scheduler, scaler, workload) -> TrainState:
-    """Load a checkpoint whose `config_digest` the caller has already matched.
+def restore(payload: dict, *, model, optimizer, scheduler, scaler, workload, rank: int = 0,
+            world: int = 1) -> TrainState:
+    """Load a checkpoint whose `config_digest` the caller has already matched, as process
+    `rank` of `world` (a data-parallel run restores its own RNG and workload state).
 
     Raises `Unreadable` when its contents do not fit (a file made to match the digest
     but not by this loop); the caller must then rebuild what was partly restored.
@@ -148,8 +158,12 @@ def restore(payload: dict, *, model, optimizer, scheduler, scaler, workload) -> 
         scheduler.load_state_dict(payload["scheduler"])
         if scaler is not None and payload["scaler"] is not None:
             scaler.load_state_dict(payload["scaler"])
-        workload.load_state_dict(payload["workload"])
-        restore_rng(payload["rng"])
+        ranks = payload.get("ranks")
+        own = {"rng": payload["rng"], "workload": payload["workload"]} if world == 1 else ranks[rank]
+        if world > 1 and len(ranks) != world:
+            raise ValueError(f"it was saved by {len(ranks)} processes, not {world}")
+        workload.load_state_dict(own["workload"])
+        restore_rng(own["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
         first_line = str(err).splitlines()[0] if str(err) else ""
         raise Unreadable(f"its contents do not fit this run ({type(err).__name__}: {first_line[:120]})") from None

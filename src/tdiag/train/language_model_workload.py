@@ -30,6 +30,7 @@ from tdiag.errors import UserError
 from tdiag.models import decoding
 from tdiag.models.lstm import LSTMLanguageModel
 from tdiag.models.modes import evaluating
+from tdiag.train import distributed
 from tdiag.train.workload import StepBatch
 
 EVAL_STREAMS = 10
@@ -91,7 +92,7 @@ class LanguageModelWorkload:
 
     def _logits(self, model, inputs: torch.Tensor, state):
         """Next-token logits (B, L, V) and the state to carry (LSTM) or None (GPT)."""
-        if isinstance(model, LSTMLanguageModel):
+        if isinstance(distributed.unwrapped(model), LSTMLanguageModel):
             return model(inputs, state)
         return model(inputs), None
 

@@ -10,13 +10,16 @@ resumes from the checkpoint by default, and stops a seed whose loss is NaN/inf w
 micro-batches, each evaluation also compares the accumulated gradient with the
 full-batch one (train/grad_quality.py). Summaries are written last: the seed's, then
 the run's, just after the run's headline numbers and curves (train/curves.py). What it
-logs, and its progress lines, are described in train/logs.py.
+logs, and its progress lines, are described in train/logs.py. Under torchrun it is one
+process of a data-parallel run (train/distributed.py): only rank 0 writes, and the
+activation norms, step time and memory it records are its own process's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import statistics
 import time
@@ -33,8 +36,9 @@ from tdiag.data.kinds import DatasetKind, kind_of
 from tdiag.errors import UserError
 from tdiag.stage import TRAINING, code_digest
 from tdiag.models import build_model
-from tdiag.train import checkpoint, curves, grad_quality, logs, memory_estimate, unsupported
+from tdiag.train import checkpoint, curves, distributed, grad_quality, logs, memory_estimate, unsupported
 from tdiag.train.checkpoint import TrainState
+from tdiag.train.distributed import Group
 from tdiag.train.logs import log
 from tdiag.train.memory import MemoryMeter
 from tdiag.train.metrics import ActivationNorms, GradientNorms, as_floats
@@ -126,8 +130,17 @@ def _train_run(cfg: Config, study: str, run: str, root: Path, restart: bool, pro
     rc = cfg.run(study, run)
     kind = kind_of(cfg.datasets[rc.dataset])  # its files and its workload (batches, loss, evaluation)
     meta = read_meta(root, rc.dataset, kind)
-    choice = devices.select_device(Path(cfg.devices.lock_dir) if cfg.devices.lock_dir else None, on_wait=log.info,
-                                   jobs_per_gpu=cfg.devices.jobs_per_gpu)
+    group = distributed.from_env()
+    if group.active:  # one of train.devices processes started by torchrun, on the device it was given
+        distributed.check_world(group, rc.train.devices, f"studies.{study}.runs.{run}.train.devices")
+        device = distributed.device_of(group)
+        choice = devices.DeviceChoice(device, None, f"{device}, rank {group.rank} of {group.world}")
+        distributed.join(group, device)
+        if not group.writer:
+            log.setLevel(logging.WARNING)  # rank 0 tells the run's story
+    else:
+        choice = devices.select_device(Path(cfg.devices.lock_dir) if cfg.devices.lock_dir else None,
+                                       on_wait=log.info, jobs_per_gpu=cfg.devices.jobs_per_gpu)
     try:
         reason = devices.supports_precision(choice.device, rc.train.precision)
         if reason and rc.train.unsupported_precision == "stop":
@@ -136,36 +149,48 @@ def _train_run(cfg: Config, study: str, run: str, root: Path, restart: bool, pro
                 "record to record the run as unsupported)"
             )
         loading = time.perf_counter()
-        workload = kind.workload(root / kind.folder(rc.dataset), meta, rc.train, choice.device)
+        # Every process builds each step's batch whole, in micro_batches x devices parts (train/distributed.py).
+        sharded = rc.train.model_copy(update={"micro_batches": rc.train.micro_batches * group.world})
+        workload = kind.workload(root / kind.folder(rc.dataset), meta, sharded, choice.device)
         loaded = time.perf_counter() - loading
         if not reason:
             memory_estimate.check(f"studies.{study}.runs.{run}", rc.model, rc.train, workload.vocab_sizes,
                                   choice.device)
 
         run_summary = root / paths.run_summary(study, run)
-        run_summary.unlink(missing_ok=True)  # its presence must always mean "finished"
-        atomic.remove_temporaries(run_summary)
+        if group.writer:
+            run_summary.unlink(missing_ok=True)  # its presence must always mean "finished"
+            atomic.remove_temporaries(run_summary)
         if reason:  # never trained in another precision
-            with logs.to_file(root / paths.run_log(study, run)):
+            with _log_file(group, root / paths.run_log(study, run)):
                 log.warning("not trained on %s: %s; recorded as %s (train.unsupported_precision: record)",
                             choice.description, reason, unsupported.STATUS)
             summary = unsupported.run_summary(study, run, rc, reason, choice.description, cfg.resolved_scale)
-            return _finish(root, summary, [], workload.best[0])
-        with logs.to_file(root / paths.run_log(study, run)):
+            return _finish(root, summary, [], workload.best[0]) if group.writer else summary
+        with _log_file(group, root / paths.run_log(study, run)):
             log.info("run on %s, dataset %s (loaded in %s), seeds %s", choice.description, rc.dataset,
                      logs.duration(loaded), rc.seed_values())
             seeds = []
             for seed in rc.seed_values():
                 files = SeedFiles(root, study, run, seed)
-                with logs.about(study, run, seed), logs.to_file(files.log):
-                    seeds.append(_train_seed(cfg, rc, files, meta, workload, choice, restart, progress_every))
+                with logs.about(study, run, seed), _log_file(group, files.log):
+                    seeds.append(_train_seed(cfg, rc, files, meta, workload, choice, restart, progress_every,
+                                             group))
             summary = _run_summary(study, run, rc, seeds)
             log.info("run %s: seeds %s, %s of training", summary["status"], summary["seeds"],
                      logs.duration(summary["wall_seconds"]))
     finally:
         if choice.slot is not None:
             choice.slot.release()
+        distributed.leave(group)
+    if not group.writer:
+        return summary
     return _finish(root, summary, summary["seeds"], workload.best[0])
+
+
+def _log_file(group: Group, path: Path):
+    """The run's or seed's log file, written by rank 0 alone."""
+    return logs.to_file(path) if group.writer else contextlib.nullcontext()
 
 
 def _finish(root: Path, summary: dict, trained_seeds: list[int], metric: str) -> dict:
@@ -182,7 +207,7 @@ def _seed_config(rc: RunConfig, seed: int) -> RunConfig:
 
 
 def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, choice, restart,
-                progress_every: float) -> dict:
+                progress_every: float, group: Group = distributed.SINGLE) -> dict:
     rc = _seed_config(rc, files.seed)
     tc, device = rc.train, choice.device
     digest = rc.digest(extra=[meta["config"], code_digest(TRAINING)])
@@ -194,9 +219,10 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
     for path in (files.config, files.metrics, files.checkpoint, files.summary):
         if path.is_dir():  # planted or mistaken: no file can be written or read there
             raise UserError(f"{path} is a folder where a file belongs; move it away and rerun")
-    files.summary.unlink(missing_ok=True)
-    for path in (files.config, files.metrics, files.checkpoint, files.summary):
-        atomic.remove_temporaries(path)  # left by a kill during a write
+    if group.writer:
+        files.summary.unlink(missing_ok=True)
+        for path in (files.config, files.metrics, files.checkpoint, files.summary):
+            atomic.remove_temporaries(path)  # left by a kill during a write
 
     total_steps = tc.max_steps or tc.epochs * workload.steps_per_epoch
 
@@ -215,18 +241,20 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
     if saved is not None:
         try:
             state = checkpoint.restore(saved, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                                       workload=workload)
+                                       workload=workload, rank=group.rank, world=group.world)
             log.info("resuming from checkpoint at step %d (of %d)", state.step, total_steps)
         except checkpoint.Unreadable as err:
             log.warning("checkpoint %s could not be restored: %s; starting from step 0", files.checkpoint, err)
             model, optimizer, scheduler, scaler = fresh()  # restoring may have stopped part way
             saved = None
-    if saved is None:
-        files.checkpoint.unlink(missing_ok=True)
-
-    atomic.write_json(files.config, {**_provenance(cfg, rc, files, choice, model, workload),
-                                     "config_digest": digest})
-    atomic.write_jsonl(files.metrics, state.records)  # drops records past the checkpoint
+    group.barrier()  # every rank has read the checkpoint before rank 0 replaces anything
+    if group.writer:
+        if saved is None:
+            files.checkpoint.unlink(missing_ok=True)
+        atomic.write_json(files.config, {**_provenance(cfg, rc, files, choice, model, workload),
+                                         "config_digest": digest})
+        atomic.write_jsonl(files.metrics, state.records)  # drops records past the checkpoint
+    trained = distributed.wrap(model, group, device)
     started = time.perf_counter() - state.elapsed_seconds
     watch = Watch(model, optimizer, device, [r for r in state.records if r["kind"] == "train"])
 
@@ -247,19 +275,21 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
              state.step + 1, total_steps, choice.description, workload.steps_per_epoch,
              evaluation_cadence(tc, workload.steps_per_epoch), tc.checkpoint_every,
              "; first evaluating the untrained model" if state.step == 0 else "")
-    progress = logs.Progress(state.step, total_steps, every=progress_every, terminal=logs.on_terminal())
-    with progress, open(files.metrics, "a") as metrics_file:
+    progress = logs.Progress(state.step, total_steps, every=progress_every,
+                             terminal=group.writer and logs.on_terminal())
+    with progress, (open(files.metrics, "a") if group.writer else contextlib.nullcontext()) as metrics_file:
 
         def emit(record: dict) -> None:
             record = _finite(record)
             state.records.append(record)
-            metrics_file.write(json.dumps(record, sort_keys=True) + "\n")
-            metrics_file.flush()
+            if metrics_file is not None:
+                metrics_file.write(json.dumps(record, sort_keys=True) + "\n")
+                metrics_file.flush()
 
         def measure_grad_quality(step: int) -> None:
             """With micro-batches: the accumulated gradient against the full-batch one, on
             the next step's batch (train/grad_quality.py)."""
-            if tc.micro_batches == 1:
+            if tc.micro_batches == 1 or group.active:  # a single process's measure
                 return
             with watch.memory.paused():  # it holds the whole batch's activations: not a training step's
                 result = grad_quality.measure(model, workload, step + 1, tc, device, scaler)
@@ -277,7 +307,7 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
         model.train()
         while state.step < total_steps:
             step = state.step + 1
-            record = train_step(model, optimizer, scaler, workload, tc, step, device, watch)
+            record = train_step(trained, optimizer, scaler, workload, tc, step, device, watch, group)
             record.update(epoch=step / workload.steps_per_epoch, wall_seconds=time.perf_counter() - started)
             if not math.isfinite(record["loss"]):
                 emit({**record, "diverged": True})
@@ -296,10 +326,12 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
                 measure_grad_quality(step)
             if step % tc.checkpoint_every == 0 or step == total_steps:
                 state.elapsed_seconds = time.perf_counter() - started
-                checkpoint.save(
-                    files.checkpoint, digest=digest, state=state, workload=workload.state_dict(),
-                    model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                )
+                ranks = group.gather(checkpoint.rank_state(workload.state_dict()))
+                if group.writer:
+                    checkpoint.save(
+                        files.checkpoint, digest=digest, state=state, workload=workload.state_dict(),
+                        model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ranks=ranks,
+                    )
     watch.remove()
     memory = watch.memory.summary()  # training's, before the final evaluation
 
@@ -329,7 +361,8 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
         "finished_at": _now(),
         "config_digest": digest,
     }
-    atomic.write_json(files.summary, summary)
+    if group.writer:
+        atomic.write_json(files.summary, summary)
     log.info(
         "%s after %d steps in %s%s", status, state.step, logs.duration(summary["wall_seconds"]),
         ": test " + ", ".join(f"{k} {summary['test'][k]:.4g}" for k in workload.log_keys) if finished else "",
@@ -384,18 +417,26 @@ class Watch:
         self.activations.remove()
 
 
-def train_step(model, optimizer, scaler, workload: Workload, tc, step: int, device, watch: Watch) -> dict:
-    """One optimizer step over `batch_size` examples split into `micro_batches` chunks."""
+def train_step(model, optimizer, scaler, workload: Workload, tc, step: int, device, watch: Watch,
+               group: Group = distributed.SINGLE) -> dict:
+    """One optimizer step over `batch_size` examples split into `micro_batches` chunks
+    (on each of the `group`'s processes, its share of them: train/distributed.py)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     began = time.perf_counter()
     batch = workload.train_batch(step, tc.seed)
+    own = group.own_micro_batches(batch.micro, tc.micro_batches)
     loss_total = torch.zeros((), device=device)
-    for micro in batch.micro:
-        with _autocast(device, tc.precision), watch.forward():
-            loss = workload.loss(model, micro, batch.n_tokens, tc.label_smoothing)
-        (scaler.scale(loss) if scaler else loss).backward()
+    for i, micro in enumerate(own):
+        # DDP reduces gradients on the last micro-batch's backward only.
+        accumulating = model.no_sync() if group.active and i < len(own) - 1 else contextlib.nullcontext()
+        with accumulating:
+            with _autocast(device, tc.precision), watch.forward():
+                loss = workload.loss(model, micro, batch.n_tokens, tc.label_smoothing)
+            scaled = scaler.scale(loss) if scaler else loss
+            (scaled * group.world if group.active else scaled).backward()  # summed over processes, not averaged
         loss_total += loss.detach()
+    group.sum_(loss_total)
     if scaler:
         scaler.unscale_(optimizer)
     gradient_norms = watch.gradients.measure()  # before clipping
