@@ -31,6 +31,10 @@ def _exposed(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
+def _count(modules: list) -> str:
+    return f"{len(modules)} attention module{'' if len(modules) == 1 else 's'}"
+
+
 def attention_parameters(subject: Subject) -> Optional[CheckResult]:
     """Each exposed attention module has 4 d (d + 1) parameters: four d x d projections
     with biases (Vaswani et al. 2017, section 3.2.2). `measured` is the largest distance
@@ -47,7 +51,7 @@ def attention_parameters(subject: Subject) -> Optional[CheckResult]:
     return result(
         "attention_parameters", abs(worst), 0, worst == 0,
         f"attention shape: {where} has {worst:+d} parameters against 4d(d+1) = {4 * d_worst * (d_worst + 1)}",
-        f"{len(modules)} attention modules, each 4d(d+1) parameters",
+        f"{_count(modules)}, each 4d(d+1) parameters",
     )
 
 
@@ -95,5 +99,5 @@ def attention_parity(subject: Subject) -> Optional[CheckResult]:
     return result(
         "attention_parity", worst, PARITY_TOLERANCE, worst <= PARITY_TOLERANCE,
         f"attention differs from torch.nn.MultiheadAttention by {worst:.3g} in {where} with the same weights",
-        f"{len(modules)} attention modules within {worst:.3g} of torch.nn.MultiheadAttention",
+        f"{_count(modules)} within {worst:.3g} of torch.nn.MultiheadAttention",
     )
