@@ -63,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     train.add_argument("--threads", type=int, default=None, help="CPU threads for torch, per process (default: torch's)")
 
+    check = verbs.add_parser(
+        "check", help="run the model checks (causality, padding, gradients, ...) on a run's model; "
+        "writes results/runs/<study>/<run>/checks.json and exits 0 even when a check fails",
+    )
+    check.add_argument("study")
+    check.add_argument("run")
+
     collect = verbs.add_parser("collect", help="gather a study's runs into results/<study>/runs.csv and metrics.json")
     collect.add_argument("study")
 
@@ -123,6 +130,14 @@ def run(argv: list[str]) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         train_run(cfg, args.study, args.run, root=root, restart=args.restart, **progress_every)
+    elif args.verb == "check":
+        cfg.run(args.study, args.run)  # unknown names fail before torch is loaded
+        paths.inside(root, paths.run_checks(args.study, args.run))
+        from tdiag.checks.runs import check_run
+
+        # A failed check is data for the report, not an error: the exit status stays 0.
+        for result in check_run(cfg, args.study, args.run, root):
+            print(f"{'pass' if result.passed else 'FAIL'} {result.name}: {result.message}")
     elif args.verb == "collect":
         from tdiag.report.collect import write_study_metrics, write_study_table
 

@@ -130,6 +130,11 @@ def run_metrics(study: str, run: str) -> Path:
     return run_dir(study, run) / "metrics.json"
 
 
+def run_checks(study: str, run: str) -> Path:
+    """The run's model checks (`tdiag check`): each a pass/fail with the number it measured."""
+    return run_dir(study, run) / "checks.json"
+
+
 def run_curves(study: str, run: str, kind: str) -> Path:
     """A per-step curve of the run (`train` or `eval`) as TSV with a `step` column: DVC plots it."""
     return run_dir(study, run) / "curves" / f"{kind}.tsv"

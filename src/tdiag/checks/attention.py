@@ -1,0 +1,103 @@
+"""Checks of the attention modules a model exposes, against the paper and a reference.
+
+An attention module "exposes" itself by the layout of tdiag's `MultiHeadAttention`
+(models/attention.py): `nn.Linear` projections `w_q`, `w_k`, `w_v`, `w_o` of d x d with
+bias, an int `n_heads`, and `forward(x_q, x_kv, key_padding_mask=None, causal=False)`
+with `key_padding_mask` True at padding. Models without such modules (an LSTM) skip
+these checks.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+from torch import nn
+
+from tdiag.checks.core import CheckResult, Subject, result
+
+PARITY_TOLERANCE = 1e-9
+"""Largest output difference from torch.nn.MultiheadAttention with the same weights, in
+float64: the two compute the same sums in different orders (about 1e-15 relative)."""
+
+
+def _exposed(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    names = ("w_q", "w_k", "w_v", "w_o")
+    return [
+        (name, m) for name, m in model.named_modules()
+        if isinstance(getattr(m, "n_heads", None), int)
+        and all(isinstance(getattr(m, p, None), nn.Linear) for p in names)
+    ]
+
+
+def _count(modules: list) -> str:
+    return f"{len(modules)} attention module{'' if len(modules) == 1 else 's'}"
+
+
+def attention_parameters(subject: Subject) -> Optional[CheckResult]:
+    """Each exposed attention module has 4 d (d + 1) parameters: four d x d projections
+    with biases (Vaswani et al. 2017, section 3.2.2). `measured` is the largest distance
+    of a module's count from the formula."""
+    modules = _exposed(subject.build())
+    if not modules:
+        return None
+    worst, where, d_worst = 0, modules[0][0], 0
+    for name, m in modules:
+        d = m.w_q.in_features
+        off = sum(p.numel() for p in m.parameters()) - 4 * d * (d + 1)
+        if abs(off) > abs(worst):
+            worst, where, d_worst = off, name, d
+    return result(
+        "attention_parameters", abs(worst), 0, worst == 0,
+        f"attention shape: {where} has {worst:+d} parameters against 4d(d+1) = {4 * d_worst * (d_worst + 1)}",
+        f"{_count(modules)}, each 4d(d+1) parameters",
+    )
+
+
+def _reference(m: nn.Module) -> nn.MultiheadAttention:
+    """torch's MultiheadAttention holding `m`'s weights."""
+    d = m.w_q.in_features
+    ref = nn.MultiheadAttention(d, m.n_heads, batch_first=True, dtype=torch.float64)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(torch.cat([m.w_q.weight, m.w_k.weight, m.w_v.weight]))
+        ref.in_proj_bias.copy_(torch.cat([m.w_q.bias, m.w_k.bias, m.w_v.bias]))
+        ref.out_proj.weight.copy_(m.w_o.weight)
+        ref.out_proj.bias.copy_(m.w_o.bias)
+    return ref.eval()
+
+
+@torch.no_grad()
+def _parity(m: nn.Module, generator: torch.Generator) -> float:
+    """Largest difference from the reference over self-attention with padding, causal
+    self-attention, and cross-attention over a padded memory of another length."""
+    m = copy.deepcopy(m).to(torch.float64).eval()
+    ref = _reference(m)
+    d = m.w_q.in_features
+    x = torch.randn(2, 5, d, generator=generator, dtype=torch.float64)
+    memory = torch.randn(2, 7, d, generator=generator, dtype=torch.float64)
+    pad5 = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    pad7 = torch.tensor([[False] * 7, [False] * 4 + [True] * 3])
+    future = torch.ones(5, 5, dtype=torch.bool).triu(1)  # True = may not attend (torch's convention)
+    cases = [
+        (m(x, x, pad5), ref(x, x, x, key_padding_mask=pad5, need_weights=False)[0]),
+        (m(x, x, None, causal=True), ref(x, x, x, attn_mask=future, need_weights=False)[0]),
+        (m(x, memory, pad7), ref(x, memory, memory, key_padding_mask=pad7, need_weights=False)[0]),
+    ]
+    return max(float((ours - theirs).abs().max()) for ours, theirs in cases)
+
+
+def attention_parity(subject: Subject) -> Optional[CheckResult]:
+    """Each exposed attention module computes what torch.nn.MultiheadAttention does with
+    the same weights (eq. 1 and section 3.2.2), with padding, causally and across."""
+    modules = _exposed(subject.build())
+    if not modules:
+        return None
+    generator = torch.Generator().manual_seed(subject.seed)
+    diffs = [(_parity(m, generator), name) for name, m in modules]
+    worst, where = max(diffs)
+    return result(
+        "attention_parity", worst, PARITY_TOLERANCE, worst <= PARITY_TOLERANCE,
+        f"attention differs from torch.nn.MultiheadAttention by {worst:.3g} in {where} with the same weights",
+        f"{_count(modules)} within {worst:.3g} of torch.nn.MultiheadAttention",
+    )
