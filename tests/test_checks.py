@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import tdiag
+from tdiag import paths
 from tdiag.checks import CHECKS, ENCODER_DECODER, LANGUAGE_MODEL, CheckResult, Subject, run_checks
 from tdiag.checks.runs import CONTRACTS
 from tdiag.cli import main
@@ -215,7 +216,7 @@ def test_a_result_is_json_and_a_non_finite_measurement_a_string():
 
 def test_check_verb_writes_the_runs_checks_and_exits_0_when_one_fails(tiny_project: Path, monkeypatch, capsys):
     done = tdiag("check", "toy", "copy", cwd=tiny_project)
-    written = tiny_project / "results/runs/toy/copy/checks.json"
+    written = tiny_project / paths.run_checks("toy", "copy")
     record = json.loads(written.read_text())
     assert record["passed"] is True and record["kind"] == "encoder_decoder" and record["seed"] == 0
     assert [c["name"] for c in record["checks"]] == ALL_ENCODER_DECODER

@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
     check = verbs.add_parser(
         "check", help="run the model checks (causality, padding, gradients, ...) on a run's model; "
-        "writes results/runs/<study>/<run>/checks.json and exits 0 even when a check fails",
+        "writes results/checks/<study>/<run>.json and exits 0 even when a check fails",
     )
     check.add_argument("study")
     check.add_argument("run")

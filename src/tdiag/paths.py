@@ -131,8 +131,9 @@ def run_metrics(study: str, run: str) -> Path:
 
 
 def run_checks(study: str, run: str) -> Path:
-    """The run's model checks (`tdiag check`): each a pass/fail with the number it measured."""
-    return run_dir(study, run) / "checks.json"
+    """The run's model checks (`tdiag check`): each a pass/fail with the number it measured.
+    Outside the run's folder, which is the training stage's output as a whole (DVC)."""
+    return RESULTS / "checks" / check_name(study) / f"{check_name(run)}.json"
 
 
 def run_curves(study: str, run: str, kind: str) -> Path:

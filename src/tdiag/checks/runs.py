@@ -40,7 +40,7 @@ def run_subject(cfg: Config, study: str, run: str, root: Path = Path(".")) -> Su
 
 
 def check_run(cfg: Config, study: str, run: str, root: Path = Path(".")) -> list[CheckResult]:
-    """Run every applicable check on the run's model and write them to its checks.json."""
+    """Run every applicable check on the run's model and write them to `paths.run_checks`."""
     subject = run_subject(cfg, study, run, root)
     results = run_checks(subject)
     atomic.write_json(root / paths.run_checks(study, run), {
