@@ -98,6 +98,7 @@ def run(argv: list[str]) -> int:
             if elsewhere:
                 found += f" ({len(elsewhere)} of studies not configured, judged nowhere: {', '.join(elsewhere)})"
         print(f"{args.params}: valid (scale {cfg.scale} -> {cfg.resolved_scale}); {paths.CLAIMS}: {found}")
+        _custom_models(cfg)
     elif args.verb == "data" and args.data_verb == "fetch":
         from tdiag.data.fetch import fetch_corpus
 
@@ -114,10 +115,12 @@ def run(argv: list[str]) -> int:
         progress_every = _progress_every(os.environ.get(PROGRESS_ENV))
         import torch
 
+        from tdiag.train.contract import check_custom_model
         from tdiag.train.loop import train_run
 
         if args.threads:
             torch.set_num_threads(args.threads)
+        check_custom_model(cfg, args.study, args.run, root)
         train_run(cfg, args.study, args.run, root=root, restart=args.restart, **progress_every)
     elif args.verb == "collect":
         from tdiag.report.collect import write_study_metrics, write_study_table
@@ -191,6 +194,32 @@ def env_overrides(env) -> list[str]:
             f'\'["studies.toy.train.lr=0.01"]\', not {text[:100]!r}; unset it to use params.yaml as it is'
         )
     return overrides
+
+
+def _custom_models(cfg) -> None:
+    """One line per custom model factory: the runs that use it, and whether it imports
+    (importing runs the user's module; the model's contract is checked by `tdiag train`).
+    A factory that does not import is an error, raised after every line is printed."""
+    from tdiag.config import factory as factories
+
+    runs: dict[tuple, list[tuple[str, str]]] = {}
+    for study in cfg.studies:
+        for run in cfg.run_names(study):
+            model = cfg.run(study, run).model
+            if model.arch == "custom":
+                runs.setdefault((model.factory, model.folder), []).append((study, run))
+    failed = None
+    for (factory, folder), names in runs.items():
+        study, run = names[0]
+        try:
+            factories.load(factory, folder, f"studies.{study}.runs.{run}.model.factory")
+            found = "imports"
+        except UserError as err:
+            failed = failed or err
+            found = "does not import"
+        print(f"custom model {factory}: {found}; runs {', '.join(f'{s}/{r}' for s, r in names)}")
+    if failed:
+        raise failed
 
 
 def _dataset_action(cfg, name: str, verb: str, root: Path):
