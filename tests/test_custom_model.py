@@ -239,7 +239,8 @@ def test_the_example_gpt_trains_on_the_language_model_data_and_continues_prompts
     assert seed["samples"] and all(len(s["continuation"].split()) == 20 for s in seed["samples"])
 
 
-def test_the_example_gpts_are_causal_and_leaky_as_they_say():
+def test_the_example_gpts_are_causal_and_leaky_as_they_say(monkeypatch):
+    monkeypatch.chdir(REPO)  # a ModelConfig made here resolves its factory file from the working folder
     cfg = ModelConfig(arch="custom", factory="examples/custom_model/good_gpt.py:build", d_model=16, n_heads=2,
                       n_layers=2, d_ff=32, max_len=16)
     tokens = torch.randint(0, 11, (3, 10), generator=torch.Generator().manual_seed(0))
