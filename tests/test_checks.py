@@ -17,8 +17,9 @@ from tdiag import paths
 from tdiag.checks import CHECKS, ENCODER_DECODER, LANGUAGE_MODEL, CheckResult, Subject, run_checks
 from tdiag.checks.runs import CONTRACTS
 from tdiag.cli import main
+from tdiag.data.kinds import KINDS
 from tdiag.config import ModelConfig
-from tdiag.models import ARCHITECTURES, build_model
+from tdiag.models import build_model
 
 V = 11
 PAD, GO = 0, 1
@@ -230,5 +231,5 @@ def test_check_verb_writes_the_runs_checks_and_exits_0_when_one_fails(tiny_proje
     assert "FAIL gradient_flow: blocked gradient: " in capsys.readouterr().out
 
 
-def test_every_architecture_has_a_calling_contract():
-    assert set(CONTRACTS) == set(ARCHITECTURES)
+def test_every_dataset_kind_s_model_family_has_a_calling_contract():
+    assert {kind.model_family for kind in KINDS.values()} == set(CONTRACTS)

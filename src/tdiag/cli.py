@@ -105,6 +105,7 @@ def run(argv: list[str]) -> int:
             if elsewhere:
                 found += f" ({len(elsewhere)} of studies not configured, judged nowhere: {', '.join(elsewhere)})"
         print(f"{args.params}: valid (scale {cfg.scale} -> {cfg.resolved_scale}); {paths.CLAIMS}: {found}")
+        _custom_models(cfg)
     elif args.verb == "data" and args.data_verb == "fetch":
         from tdiag.data.fetch import fetch_corpus
 
@@ -122,9 +123,13 @@ def run(argv: list[str]) -> int:
         import torch
 
         from tdiag.train import distributed
+        from tdiag.train.contract import check_custom_model
         from tdiag.train.loop import train_run
 
-        if rc.train.devices > 1 and not distributed.from_env().active:
+        group = distributed.from_env()
+        if group.writer:  # a model that breaks its contract: one line, before any process starts
+            check_custom_model(cfg, args.study, args.run, root)
+        if rc.train.devices > 1 and not group.active:
             return _train_distributed(cfg, rc, args, argv, root)
 
         if args.threads:
@@ -234,6 +239,32 @@ def env_overrides(env) -> list[str]:
             f'\'["studies.toy.train.lr=0.01"]\', not {text[:100]!r}; unset it to use params.yaml as it is'
         )
     return overrides
+
+
+def _custom_models(cfg) -> None:
+    """One line per custom model factory: the runs that use it, and whether it imports
+    (importing runs the user's module; the model's contract is checked by `tdiag train`).
+    A factory that does not import is an error, raised after every line is printed."""
+    from tdiag.config import factory as factories
+
+    runs: dict[tuple, list[tuple[str, str]]] = {}
+    for study in cfg.studies:
+        for run in cfg.run_names(study):
+            model = cfg.run(study, run).model
+            if model.arch == "custom":
+                runs.setdefault((model.factory, model.folder), []).append((study, run))
+    failed = None
+    for (factory, folder), names in runs.items():
+        study, run = names[0]
+        try:
+            factories.load(factory, folder, f"studies.{study}.runs.{run}.model.factory")
+            found = "imports"
+        except UserError as err:
+            failed = failed or err
+            found = "does not import"
+        print(f"custom model {factory}: {found}; runs {', '.join(f'{s}/{r}' for s, r in names)}")
+    if failed:
+        raise failed
 
 
 def _dataset_action(cfg, name: str, verb: str, root: Path):

@@ -18,13 +18,14 @@ from pathlib import Path
 import yaml
 
 from tdiag import paths, resources
-from tdiag.config import SCALES, Config, ConfigError, StudyConfig
+from tdiag.config import SCALES, Config, ConfigError, RunConfig, StudyConfig
 from tdiag.digest import json_digest
 from tdiag.data.kinds import corpus_files, kind_of
 from tdiag.stage import PACKAGE_DIR, TRAINING, Stage, notebook_modules, source_files, stage_name
 
 
-TRAIN_CODE = source_files(TRAINING)
+TRAIN_CODE = source_files(TRAINING, "train/contract.py")
+"""What `tdiag train` runs: the loop, and the check of a custom model's contract before it."""
 INDEX_CODE = source_files("report/index.py")
 
 
@@ -91,6 +92,13 @@ def _run_entry(study: str, where: str) -> str:
     return f"studies.{study}.{section}" if "." in name else f"studies.{study}.{where}"
 
 
+def _model_files(study: str, run: str, rc: RunConfig) -> tuple[str, ...]:
+    """A custom model's factory file (config/factory.py): editing it retrains the runs that use it."""
+    if rc.model.arch != "custom":
+        return ()
+    return (str(rc.model.source_file(f"studies.{study}.runs.{run}.model.factory")),)
+
+
 def _study_stages(cfg: Config, study: str) -> list[Stage]:
     stages, summaries, run_metrics = [], [], []
     entries = cfg.studies[study].run_overrides()
@@ -103,7 +111,7 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
             Stage(
                 name=stage_name("train", study, run),
                 args=("train", study, run),
-                deps=_dataset_files(cfg, rc.dataset) + TRAIN_CODE,
+                deps=_dataset_files(cfg, rc.dataset) + TRAIN_CODE + _model_files(study, run, rc),
                 # The run summary, written after every seed, comes last: its presence means
                 # the run finished. The seed folders beside them are the stage's working files.
                 outs=(

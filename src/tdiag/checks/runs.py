@@ -14,11 +14,10 @@ from tdiag.data.kinds import kind_of
 from tdiag.models import build_model
 from tdiag.train.loop import read_meta
 
-CONTRACTS = {"encoder_decoder": ENCODER_DECODER, "gpt": LANGUAGE_MODEL, "lstm": LANGUAGE_MODEL}
-"""Each `model.arch`'s calling contract (core.py). Kept here rather than beside
-models.ARCHITECTURES: every module a training stage imports is part of its code digest,
-and a change there would retrain every finished run (tests/test_checks.py holds the two
-lists equal)."""
+CONTRACTS = {"encoder_decoder": ENCODER_DECODER, "decoder_only": LANGUAGE_MODEL}
+"""The calling contract (core.py) of each dataset kind's model family (data/kinds.py): a
+run's model, shipped or the user's own (`arch: custom`), keeps the contract of the data
+it trains on."""
 
 
 def run_subject(cfg: Config, study: str, run: str, root: Path = Path(".")) -> Subject:
@@ -30,7 +29,7 @@ def run_subject(cfg: Config, study: str, run: str, root: Path = Path(".")) -> Su
     workload = kind.workload(root / kind.folder(rc.dataset), meta, rc.train, torch.device("cpu"))
     seed = rc.seed_values()[0]
     return Subject(
-        kind=CONTRACTS[rc.model.arch],
+        kind=CONTRACTS[kind.model_family],
         factory=lambda s: build_model(rc.model, *workload.vocab_sizes, workload.pad_id),
         vocab_sizes=workload.vocab_sizes,
         batch=tuple(workload.train_batch(1, seed).whole),

@@ -37,18 +37,19 @@ def load(path: str | Path = "params.yaml", overrides: list[str] = (), *, env: Op
     path = Path(path)
     raw = yaml_text.read(path)
     try:
-        return validate(raw or {}, overrides, env=env)
+        return validate(raw or {}, overrides, env=env, folder=path.parent)
     except OverrideError:
         raise
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
 
 
-def validate(raw: Any, overrides: list[str] = (), *, env: Optional[dict] = None) -> Config:
+def validate(raw: Any, overrides: list[str] = (), *, env: Optional[dict] = None, folder: Path = Path(".")) -> Config:
     """Validate a parsed params mapping into a frozen Config with every run resolved.
 
     `overrides` (`key.path=value`) set keys of the file as an edit would, the
-    `scales` sections' included.
+    `scales` sections' included. `folder` is the params file's: a custom model's
+    factory file (`model.factory`) is relative to it.
     """
     env = os.environ if env is None else env
     if not isinstance(raw, dict):
@@ -93,6 +94,7 @@ def validate(raw: Any, overrides: list[str] = (), *, env: Optional[dict] = None)
     cfg = cfg.model_copy(update=update)
     runs: dict[str, dict[str, RunConfig]] = {study: {} for study in cfg.studies}
     for (study, run), (_, rc) in resolved.items():
+        rc.model._folder = folder
         runs[study][run] = rc
     cfg._runs = runs
     return cfg

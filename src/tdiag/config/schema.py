@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from tdiag import paths
+from tdiag.config import factory as factories
 from tdiag.config.errors import ConfigError
 from tdiag.config.overrides import deep_merge
 from tdiag.digest import json_digest
@@ -231,10 +232,18 @@ class ModelConfig(Frozen):
 
     encoder_decoder: n_encoder_layers + n_decoder_layers; gpt (decoder-only LM) and
     lstm (LSTM LM): n_layers. d_model is the embedding width of every family;
-    hidden_size is the LSTM's state width (default d_model).
+    hidden_size is the LSTM's state width (default d_model). custom: the user's model,
+    built by `factory` (models/custom.py states the contract), which receives this
+    whole section; its own keys go under `options`.
     """
 
-    arch: Literal["encoder_decoder", "gpt", "lstm"] = "encoder_decoder"
+    arch: Literal["encoder_decoder", "gpt", "lstm", "custom"] = "encoder_decoder"
+    factory: Optional[str] = None
+    """arch custom: the function that builds the model, 'path/to/file.py:function'
+    (relative to params.yaml's folder) or 'package.module:function' (config/factory.py)."""
+    options: dict[str, Any] = {}
+    """arch custom: the user's own keys, free-form, passed to the factory with this
+    section (any other unknown key is still refused)."""
     d_model: Annotated[int, Field(ge=1, le=MAX_WIDTH)] = 64
     n_heads: Annotated[int, Field(ge=1, le=MAX_HEADS)] = 2
     n_encoder_layers: Annotated[int, Field(ge=1, le=MAX_LAYERS)] = 2
@@ -257,9 +266,42 @@ class ModelConfig(Frozen):
     recomputes the block's activations there, trading about one more forward pass for
     memory; the gradients are the same (tests/test_checkpointing.py). Training only:
     evaluation and decoding run the blocks plainly. The LSTM has no blocks."""
+    _folder: Path = PrivateAttr(default_factory=lambda: Path("."))
+    """The folder of params.yaml, which a factory's file is relative to; set by loading.validate."""
+
+    @property
+    def folder(self) -> Path:
+        return self._folder
+
+    def source_file(self, key: str = "model.factory") -> Path:
+        """arch custom: the factory's source file (a ConfigError naming `key` if there is none)."""
+        return factories.source_file(self.factory, self._folder, key)
+
+    def source_digest(self, key: str = "model.factory") -> str:
+        """arch custom: the digest of the factory's source file."""
+        return factories.source_digest(self.factory, self._folder, key)
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_format(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            factories.parse(value)
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelConfig":
+        if self.arch == "custom":
+            if self.factory is None:
+                raise ValueError(f"arch 'custom' needs model.factory: {factories.FORMAT}")
+            if self.checkpointing != "none":
+                raise ValueError(
+                    "checkpointing 'blocks' applies to this project's Transformer blocks, not to a custom model; "
+                    "set model.checkpointing: none"
+                )
+        else:
+            for key, value in (("factory", self.factory), ("options", self.options)):
+                if value:
+                    raise ValueError(f"model.{key} is read only with arch 'custom' (arch is '{self.arch}')")
         if self.arch == "lstm" and self.checkpointing != "none":
             raise ValueError(
                 f"checkpointing '{self.checkpointing}' needs Transformer blocks and arch 'lstm' has none; "
@@ -269,7 +311,7 @@ class ModelConfig(Frozen):
             raise ValueError(
                 f"tie_embeddings needs hidden_size == d_model for an LSTM (got {self.hidden_size} and {self.d_model})"
             )
-        if self.arch != "lstm" and self.d_model % self.n_heads:
+        if self.arch in ("encoder_decoder", "gpt") and self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
             )
@@ -372,6 +414,8 @@ class RunConfig(Frozen):
         """Identity of the run's configuration (and `extra`, e.g. its dataset's config)."""
         # What happens to a run the device cannot train is not part of what it trains.
         dumped = self.model_dump(mode="json", exclude={"seeds": True, "train": {"unsupported_precision"}})
+        if self.model.arch == "custom":  # the user's model code is part of what the run trains
+            return json_digest([dumped, extra, self.model.source_digest()])
         return json_digest([dumped, extra])
 
     def seed_values(self) -> list[int]:

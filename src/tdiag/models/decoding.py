@@ -19,6 +19,11 @@ give the same output.
 
 A GPT continues through the same kind of cache (`GPT.start_decoding`); an LSTM carries
 its recurrent state, which is its cache.
+
+A model without `start_decoding` (a user's own, models/custom.py) is decoded by full
+recomputation: each step runs the model on the whole prefix decoded so far and keeps
+the last position's logits (`Recompute`), the same search over the same scores at the
+cost of the prefix per step.
 """
 
 from __future__ import annotations
@@ -30,6 +35,46 @@ from tdiag.models.gpt import GPT
 from tdiag.models.lstm import LSTMLanguageModel
 from tdiag.models.modes import evaluating
 from tdiag.models.transformer import EncoderDecoder
+
+
+class Recompute:
+    """The decoding state of an encoder-decoder without a key/value cache: the sources
+    and the decoded prefixes, row for row; `step` reruns `model(src, prefix)`."""
+
+    def __init__(self, model, src: Tensor):
+        self.model, self.src = model, src
+        self.prefix = src.new_empty((src.size(0), 0))  # (N, t)
+
+    def step(self, tokens: Tensor) -> Tensor:
+        """tokens (N,) appended to the prefixes -> next-token logits (N, V)."""
+        self.prefix = torch.cat([self.prefix, tokens[:, None]], dim=1)
+        return self.model(self.src, self.prefix)[:, -1]
+
+    def reorder(self, parents: Tensor) -> None:
+        self.prefix = self.prefix[parents]
+
+    def keep(self, rows: Tensor) -> None:
+        self.src, self.prefix = self.src[rows], self.prefix[rows]
+
+
+class Cached:
+    """The decoding state of a model with its own cache (`start_decoding`, `decode_step`)."""
+
+    def __init__(self, model, src: Tensor, steps: int):
+        self.model, self.cache = model, model.start_decoding(src, steps)
+
+    def step(self, tokens: Tensor) -> Tensor:
+        return self.model.decode_step(tokens, self.cache)
+
+    def reorder(self, parents: Tensor) -> None:
+        self.cache.reorder(parents)
+
+    def keep(self, rows: Tensor) -> None:
+        self.cache.keep(rows)
+
+
+def _decoder(model, src: Tensor, steps: int) -> Cached | Recompute:
+    return Cached(model, src, steps) if hasattr(model, "start_decoding") else Recompute(model, src)
 
 
 def _check_length(model: EncoderDecoder, max_len: int) -> None:
@@ -63,7 +108,7 @@ def beam_search(
 def _search(model, src: Tensor, max_len: int, go_id: int, stop_id: int, k: int) -> tuple[Tensor, Tensor]:
     b, device, pad = src.size(0), src.device, model.pad_id
     longest = max_len - 1  # generated tokens a hypothesis can reach
-    cache = model.start_decoding(src.repeat_interleave(k, dim=0), longest)  # row = sentence * K + beam
+    decoder = _decoder(model, src.repeat_interleave(k, dim=0), longest)  # row = sentence * K + beam
     active = torch.arange(b, device=device)  # sentences still searching, in decoder row order
     seqs = torch.full((b * k, 1), go_id, dtype=torch.long, device=device)  # (A*K, t)
     # Only the first hypothesis of each beam is live at the start, so the K copies of
@@ -85,7 +130,7 @@ def _search(model, src: Tensor, max_len: int, go_id: int, stop_id: int, k: int) 
 
     for _ in range(longest):
         a = len(active)
-        step_lp = model.decode_step(seqs[:, -1], cache).float().log_softmax(dim=-1).view(a, k, -1)  # (A, K, V)
+        step_lp = decoder.step(seqs[:, -1]).float().log_softmax(dim=-1).view(a, k, -1)  # (A, K, V)
         vocab = step_lp.size(-1)
         # A finished hypothesis has one continuation, <pad>, which changes nothing.
         step_lp = step_lp.masked_fill(done[..., None], float("-inf"))
@@ -100,7 +145,7 @@ def _search(model, src: Tensor, max_len: int, go_id: int, stop_id: int, k: int) 
         done = done.gather(1, parent) | (token == stop_id)
         flat_parent = (parent + torch.arange(a, device=device)[:, None] * k).view(-1)  # (A*K,)
         seqs = torch.cat([seqs[flat_parent], token.view(-1, 1)], dim=1)
-        cache.reorder(flat_parent)
+        decoder.reorder(flat_parent)
         # A sentence is decided once no live hypothesis can beat its best finished one: a
         # live score can rise at most to log_prob / longest (only certain tokens, log p = 0,
         # up to the length limit), and its current score is lower still.
@@ -113,7 +158,7 @@ def _search(model, src: Tensor, max_len: int, go_id: int, stop_id: int, k: int) 
             active, log_prob, lengths, done, seqs = active[stay], log_prob[stay], lengths[stay], done[stay], seqs[rows]
             if not len(active):
                 break
-            cache.keep(rows)
+            decoder.keep(rows)
     if len(active):
         finish(torch.arange(len(active), device=device))
     width = max(len(s) for s in best_seq)
@@ -141,7 +186,8 @@ def sequence_score(model: EncoderDecoder, src: Tensor, seqs: Tensor, stop_id: in
 def continue_greedy(model: GPT | LSTMLanguageModel, context: Tensor, length: int) -> list[int]:
     """The `length` argmax tokens that follow `context` (T,) under a language model, in
     eval mode. A GPT whose position table cannot hold context and continuation slides a
-    window of its last `max_len` tokens, recomputed each step (no cache can hold that)."""
+    window of its last `max_len` tokens, recomputed each step (no cache can hold that);
+    so does a model without `start_decoding`, whatever the length."""
     generated: list[int] = []
     with evaluating(model):
         if isinstance(model, LSTMLanguageModel):
@@ -150,7 +196,7 @@ def continue_greedy(model: GPT | LSTMLanguageModel, context: Tensor, length: int
                 token = logits[0, -1].argmax()
                 generated.append(int(token))
                 logits, state = model(token.view(1, 1), state)
-        elif len(context) + length <= model.max_len:
+        elif hasattr(model, "start_decoding") and len(context) + length <= model.max_len:
             cache = model.start_decoding(len(context) + length)
             logits = model(context[None], cache)
             for _ in range(length):

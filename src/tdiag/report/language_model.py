@@ -25,7 +25,8 @@ from tdiag import paths
 from tdiag.report import tables
 from tdiag.report.diagnostics import MEMORY_MEASURES
 
-ARCHITECTURES = {"lstm": "LSTM", "gpt": "GPT"}
+ARCHITECTURES = {"lstm": "LSTM", "gpt": "GPT", "custom": "custom"}
+"""config.model.arch -> its name on the page, in table order (custom: a user's own model, README "Your own model")."""
 OPTIMIZERS = ["adam", "adamw", "sgd", "momentum"]
 """Table and legend order: the adaptive methods first, then plain and momentum SGD."""
 X_AXES = {"epoch": "epoch", "wall_seconds": "wall-clock time"}

@@ -157,10 +157,13 @@ def human(n: float) -> str:
 
 
 def check(where: str, model: ModelConfig, train: TrainConfig, vocab_sizes: tuple[int, int],
-          device: torch.device, available: int | None = None) -> Estimate:
+          device: torch.device, available: int | None = None) -> Estimate | None:
     """The estimate, or a ConfigError naming the size keys when it exceeds the device's
     available memory (`available`, default `available_bytes(device)`). `where` is the
-    run's key path, e.g. studies.toy.runs.copy."""
+    run's key path, e.g. studies.toy.runs.copy. A custom model (arch custom) has no
+    estimate, and None is returned: its size is in the user's code, not in the config."""
+    if model.arch == "custom":
+        return None
     needed = estimate(model, train, vocab_sizes)
     available = available_bytes(device) if available is None else available
     if needed.total > available:
