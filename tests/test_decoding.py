@@ -75,7 +75,9 @@ def test_beam_finds_a_score_at_least_greedys(seed):
     beam, beam_scores = decoding.beam_search(model, src, 14, GO, STOP, beam_size=5)
     greedy_scores = decoding.sequence_score(model, src, greedy, STOP)
     torch.testing.assert_close(beam_scores, decoding.sequence_score(model, src, beam, STOP))
-    assert (beam_scores >= greedy_scores - 1e-9).all()
+    # Beam search sums its log-probabilities in float32 (decoding.py): a tie with greedy's
+    # hypothesis can come out one float32 step (1.2e-7 near 1) below it.
+    assert (beam_scores >= greedy_scores - 1e-6).all()
     assert (beam_scores > greedy_scores + 1e-6).any()  # and beats it somewhere
     assert (beam[:, 0] == GO).all()
     for row in beam.tolist():
