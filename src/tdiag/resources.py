@@ -43,8 +43,10 @@ seconds on a busy node, and schedulers round small limits up anyway."""
 
 STEP_SECONDS = {"smoke": 0.5, "full": 0.1}
 """Wall-time budget of one optimizer step, evaluations spread over it. smoke, one CPU
-thread: the slowest smoke run, wmt14 (256 wide, bf16), measured 6.5 min for 1,500 steps
-with its evaluations (0.26 s a step); toy steps take 0.02 s. full, one GPU: the H200
+thread: the slowest smoke run, wmt14 (256 wide), measured 6.5 min for 1,500 bf16 steps
+with its evaluations (0.26 s a step) on a CPU with AVX512-BF16; in fp32 on an AMD EPYC
+without AVX-512, beside other jobs, 1-2.5 s a step (its 600 steps can outgrow the budget
+there: the retry doubles it); toy steps take 0.02 s. full, one GPU: the H200
 estimate measured 5-20 ms a step (lm, toy, wmt14; benchmarks/RESULTS.md, `tdiag
 estimate`), 14-17 ms for toy with evaluations; 0.1 s leaves 5x for an older GPU, a
 shared node and the final evaluation."""
