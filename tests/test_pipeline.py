@@ -94,6 +94,8 @@ def _check_outputs(project: Path) -> None:
         verdicts = json.loads((project / f"results/{study}/verdicts.json").read_text())["verdicts"]
         assert verdicts and page.count("runs read:") == len(verdicts), study
         assert page.index("Verdicts:") < page.index("<img"), f"{study}: verdicts come before the first figure"
+        checked = len(list((project / f"results/checks/{study}").glob("*.json")))
+        assert checked and f"of {checked} checked models pass every check" in page, study
     assert "headline result" in index and "The references' claims (claims.yaml), judged from these runs" in index
     binary = chromium()  # without one, test_browser.py reports the pages unchecked (CI requires one)
     if binary:

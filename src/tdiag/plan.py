@@ -27,6 +27,8 @@ from tdiag.stage import PACKAGE_DIR, TRAINING, Stage, notebook_modules, source_f
 TRAIN_CODE = source_files(TRAINING, "train/contract.py")
 """What `tdiag train` runs: the loop, and the check of a custom model's contract before it."""
 INDEX_CODE = source_files("report/index.py")
+CHECK_CODE = source_files("checks/runs.py")
+"""What `tdiag check` runs (tdiag.checks): the model checks of one run's model."""
 
 
 PAGE_TEMPLATE = tuple(str(PACKAGE_DIR / "report/templates/offline" / name) for name in ("conf.json", "index.html.j2"))
@@ -99,6 +101,38 @@ def _model_files(study: str, run: str, rc: RunConfig) -> tuple[str, ...]:
     return (str(rc.model.source_file(f"studies.{study}.runs.{run}.model.factory")),)
 
 
+def checked_runs(cfg: Config, study: str) -> list[str]:
+    """The runs whose models `tdiag check` checks: the first run of each distinct model the
+    study trains (its dataset and model section). The checks read a model and a batch, not
+    the optimizer or the schedule, so a grid over training keys shares one check."""
+    first: dict[str, str] = {}
+    for run in cfg.run_names(study):
+        rc = cfg.run(study, run)
+        first.setdefault(json_digest([rc.dataset, rc.model.model_dump(mode="json")]), run)
+    return list(first.values())
+
+
+def _check_stages(cfg: Config, study: str) -> list[Stage]:
+    entries = cfg.studies[study].run_overrides()
+    stages = []
+    for run in checked_runs(cfg, study):
+        rc = cfg.run(study, run)
+        stages.append(
+            Stage(
+                name=stage_name("check", study, run),
+                args=("check", study, run),
+                deps=_dataset_files(cfg, rc.dataset) + CHECK_CODE + _model_files(study, run, rc),
+                outs=(str(paths.run_checks(study, run)),),
+                # The model and its data: a batch's shapes feed the checks, its training settings do not.
+                params=(f"studies.{study}.dataset", f"studies.{study}.model", _run_entry(study, entries[run][0]),
+                        "scale"),
+                fingerprint=json_digest([cfg.resolved_scale, rc.dataset, rc.model.model_dump(mode="json")]),
+                resources=resources.CHECK,
+            )
+        )
+    return stages
+
+
 def _study_stages(cfg: Config, study: str) -> list[Stage]:
     stages, summaries, run_metrics = [], [], []
     entries = cfg.studies[study].run_overrides()
@@ -142,11 +176,14 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
             resources=resources.REPORT,
         )
     )
+    checks = _check_stages(cfg, study)
+    stages += checks
     stages.append(
         Stage(
             name=stage_name("report", study),
             args=("report", study),
-            deps=(table, str(paths.notebook(study)), str(paths.CLAIMS)) + tuple(summaries) + _report_code(study),
+            deps=(table, str(paths.notebook(study)), str(paths.CLAIMS)) + tuple(summaries)
+            + tuple(out for check in checks for out in check.outs) + _report_code(study),
             outs=(str(paths.study_verdicts(study)), str(paths.executed_notebook(study)), str(paths.report_page(study))),
             resources=resources.REPORT,
         )

@@ -77,6 +77,11 @@ mirror each took under 4 s and at most 250 MB of RSS here (`data prepare wikitex
 and all of them 119 s together on the H200 machine (benchmarks/RESULTS.md); a download
 from the network instead of the mirror is what the 30 minutes are for."""
 
+CHECK = Resources(cpus=1, mem_mb=2000, runtime_min=MIN_RUNTIME)
+"""`tdiag check` of one run's model on the CPU, at any scale (the checks take a few rows of
+a batch): 15-25 s for the smoke toy and GPT models, 150-190 s for the lm study's LSTMs
+(their overfit check), measured beside other jobs on 2 cores (load 6)."""
+
 REPORT = Resources(cpus=1, mem_mb=2000, runtime_min=MIN_RUNTIME)
 """collect and report: reading summaries and curves, executing a plotting notebook
 (a Jupyter kernel with pandas and matplotlib: a few hundred MB, a minute)."""
