@@ -63,6 +63,18 @@ def test_two_gloo_processes_take_the_steps_of_one_with_the_same_global_batch(tmp
     assert config["config"]["train"]["devices"] == 2
 
 
+def test_length_buckets_smaller_than_the_parts_leave_no_process_without_a_share(tmp_path: Path):
+    """With `batch_tokens` a step is a length bucket, which may hold fewer sentences than
+    micro_batches x devices parts: the empty parts add nothing, and every process still
+    takes part in each gradient reduction (it used to wait forever)."""
+    project = toy_project(tmp_path, batch_tokens=16, micro_batches=2)
+    tdiag("--set=studies.toy.runs.one.train.micro_batches=4", "train", "toy", "one", "--threads", "1", cwd=project)
+    tdiag("train", "toy", "two", "--threads", "1", cwd=project, timeout=300)
+    one, two = records(project, "toy", "one"), records(project, "toy", "two")
+    assert min(r["sentences"] for r in one) < 4  # some steps had an empty part
+    assert_same_steps(one, two)
+
+
 def test_an_lstm_keeps_each_process_s_streams_hidden_state(tmp_path: Path):
     """Each process trains on its own rows of the streams and carries their LSTM state."""
     project = lm_project(tmp_path, epochs=1)

@@ -40,7 +40,8 @@ def measure(model: torch.nn.Module, workload: Workload, step: int, train: TrainC
         try:
             model.eval()
             batch = workload.train_batch(step, train.seed)
-            accumulated = _gradient(model, workload, batch.micro, batch.n_tokens, train, device, scale)
+            real = [part for i, part in enumerate(batch.micro) if i not in batch.fillers]
+            accumulated = _gradient(model, workload, real, batch.n_tokens, train, device, scale)
             full = _gradient(model, workload, [batch.whole], batch.n_tokens, train, device, scale)
         finally:
             model.zero_grad(set_to_none=True)

@@ -433,6 +433,8 @@ def train_step(model, optimizer, scaler, workload: Workload, tc, step: int, devi
         with accumulating:
             with _autocast(device, tc.precision), watch.forward():
                 loss = workload.loss(model, micro, batch.n_tokens, tc.label_smoothing)
+            if group.rank * tc.micro_batches + i in batch.fillers:
+                loss = loss * 0.0  # a part with no example: it runs, and adds nothing
             scaled = scaler.scale(loss) if scaler else loss
             (scaled * group.world if group.active else scaled).backward()  # summed over processes, not averaged
         loss_total += loss.detach()

@@ -94,12 +94,15 @@ class Seq2SeqWorkload:
             indices = bucket_indices(self.buckets, seed, step - 1)
         else:
             indices = batch_indices(len(train), self.batch_size, seed, step - 1)
-        micro = [train.batch(chunk, self.pad_id) for chunk in indices.chunk(self.micro_batches)]
+        # Exactly micro_batches parts (`chunk` may make fewer), so every process of a
+        # distributed run has its share of parts even when a bucket is small.
+        parts = indices.tensor_split(self.micro_batches)
+        micro = [train.batch(part if len(part) else indices[:1], self.pad_id) for part in parts]
         whole = micro[0] if self.micro_batches == 1 else train.batch(indices, self.pad_id)
-        n_tokens = sum(int((tgt[:, 1:] != self.pad_id).sum()) for _, tgt in micro)
-        n_src = sum(int((src != self.pad_id).sum()) for src, _ in micro)
+        n_tokens = int((whole[1][:, 1:] != self.pad_id).sum())
+        n_src = int((whole[0] != self.pad_id).sum())
         return StepBatch(micro, n_tokens, {"tokens": n_tokens, "src_tokens": n_src, "sentences": len(indices)},
-                         whole=whole)
+                         whole=whole, fillers=frozenset(i for i, part in enumerate(parts) if not len(part)))
 
     def loss(self, model, micro, n_tokens: int, label_smoothing: float) -> torch.Tensor:
         """Summed token loss of one micro-batch divided by the step's token count, so

@@ -30,6 +30,11 @@ class StepBatch:
     """The step's batch un-split, in the same format as a micro-batch (its loss is also
     divided by `n_tokens`): the full-batch gradient that train/grad_quality.py compares
     the accumulated one with."""
+    fillers: frozenset = frozenset()
+    """Positions in `micro` of parts that had no example (a length bucket of fewer
+    sentences than parts), filled with the step's first example: the loop weighs their
+    loss by 0. They run so that every process of a distributed run calls forward and
+    backward as often as the others (DDP's collectives must match)."""
 
 
 @runtime_checkable
