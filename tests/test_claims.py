@@ -206,7 +206,7 @@ def test_a_claim_above_the_runs_scale_is_inconclusive_and_says_what_the_rule_alo
     text = GOOD + "    decided_at: full\n"
     loaded = claims.load(_write(tmp_path, text))
     results = _results({"copy": [0.5, 1.0], "reverse": [0.2, 0.5, 1.0]})
-    monkeypatch.setattr(StudyResults, "load", classmethod(lambda cls, root, study: results))
+    monkeypatch.setattr(StudyResults, "load", classmethod(lambda cls, root, study, own_model=None: results))
     [verdict] = claims.judge_study(loaded, tmp_path, "toy")
     assert verdict.verdict == INCONCLUSIVE
     assert "the rule alone: reproduced; this claim needs the full scale's budget" in verdict.numbers
@@ -218,7 +218,7 @@ def test_a_claim_above_the_runs_scale_is_inconclusive_and_says_what_the_rule_alo
 def test_verdicts_round_trip_and_their_table_names_every_claim(tmp_path: Path, monkeypatch):
     loaded = claims.load(_write(tmp_path, GOOD))
     monkeypatch.setattr(StudyResults, "load", classmethod(
-        lambda cls, root, study: _results({"copy": [1.0], "reverse": [0.5, 1.0]})))
+        lambda cls, root, study, own_model=None: _results({"copy": [1.0], "reverse": [0.5, 1.0]})))
     claims.write_verdicts(loaded, tmp_path, "toy")
     stored = json.loads((tmp_path / "results/toy/verdicts.json").read_text())
     assert [v["verdict"] for v in stored["verdicts"]] == [REPRODUCED]

@@ -19,7 +19,10 @@ from tdiag import config, plan
 from tdiag.config import yaml_text
 from tdiag.report.lab import EXPERIMENTS
 
-PROJECT_FILES = ("workflow", "notebooks", "src", "claims.yaml", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore")
+PROJECT_FILES = ("workflow", "notebooks", "src", "examples", "claims.yaml", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore")
+OWN_MODEL = {"own_models": {"mine": {"factory": "examples/custom_model/good_gpt.py:build", "replaces": "gpt",
+                                     "studies": {"lm": "all"}}}}
+"""The snakemake run trains the example GPT beside the lm study's GPT run."""
 
 
 def test_committed_dvc_yaml_is_generated_from_the_stage_list():
@@ -42,7 +45,7 @@ def test_every_stage_input_is_made_by_an_earlier_stage_or_is_source():
         made.update(stage.outs)
 
 
-def _project_copy(tmp_path: Path) -> Path:
+def _project_copy(tmp_path: Path, extra: dict | None = None) -> Path:
     project = tmp_path / "project"
     project.mkdir()
     for name in PROJECT_FILES:
@@ -51,7 +54,7 @@ def _project_copy(tmp_path: Path) -> Path:
             shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__", "tmp"))
         elif source.exists():
             shutil.copy2(source, project / name)
-    write_params(project, tiny_params())
+    write_params(project, tiny_params(extra))
     # DVC runs what its dvc.yaml lists: the tiny configuration's stages, generated as the committed file is.
     (project / "dvc.yaml").write_text(plan.dvc_file(config.load(project / "params.yaml"),
                                                     yaml_text.read(project / "params.yaml")))
@@ -97,6 +100,14 @@ def _check_outputs(project: Path) -> None:
         checked = len(list((project / f"results/checks/{study}").glob("*.json")))
         assert checked and f"of {checked} checked models pass every check" in page, study
     assert "headline result" in index and "The references' claims (claims.yaml), judged from these runs" in index
+    if (project / "results/runs/lm/06-gpt-1l-adamw.mine/summary.json").exists():  # OWN_MODEL
+        page = (project / "reports/lm.html").read_text()
+        assert "examples/custom_model/good_gpt.py:build</code> in place of the reference's gpt" in page
+        assert "Claims with mine:" in page and "06-gpt-1l-adamw.mine" in page
+        assert "loss curves, reference and mine" in page
+        beside = json.loads((project / "results/lm/verdicts.json").read_text())["own_models"]["mine"]
+        assert beside and all("06-gpt-1l-adamw.mine" in v["reads"] for v in beside)
+        assert json.loads((project / "results/checks/lm/06-gpt-1l-adamw.mine.json").read_text())["passed"]
     binary = chromium()  # without one, test_browser.py reports the pages unchecked (CI requires one)
     if binary:
         pages = sorted((project / "reports").glob("*.html"))
@@ -107,10 +118,11 @@ def _check_outputs(project: Path) -> None:
 @pytest.mark.slow
 @needs_mirror
 def test_snakemake_runs_the_smoke_pipeline_then_has_nothing_to_do(tmp_path: Path):
-    project = _project_copy(tmp_path)
+    project = _project_copy(tmp_path, OWN_MODEL)
     snakemake = [sys.executable, "-m", "snakemake", "--cores", "2"]
     _run(snakemake, project)
     _check_outputs(project)
+    assert (project / "results/runs/lm/06-gpt-1l-adamw.mine/summary.json").exists()
     dry = _run(snakemake + ["-n"], project)
     assert "Nothing to be done" in dry.stdout + dry.stderr
 

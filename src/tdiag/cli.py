@@ -257,7 +257,7 @@ def _custom_models(cfg) -> None:
     for (factory, folder), names in runs.items():
         study, run = names[0]
         try:
-            factories.load(factory, folder, f"studies.{study}.runs.{run}.model.factory")
+            factories.load(factory, folder, cfg.run(study, run).factory_key(study, run))
             found = "imports"
         except UserError as err:
             failed = failed or err

@@ -94,11 +94,20 @@ def _run_entry(study: str, where: str) -> str:
     return f"studies.{study}.{section}" if "." in name else f"studies.{study}.{where}"
 
 
+def _run_keys(cfg: Config, study: str, run: str) -> tuple[str, ...]:
+    """The params keys of a run's own settings: its entry, and for a run of one of
+    `own_models` the reference run's entry and that model's section."""
+    rc = cfg.run(study, run)
+    where = cfg.studies[study].run_overrides()[rc.reference_run or run][0]
+    own = (f"own_models.{rc.own_model}",) if rc.own_model else ()
+    return (_run_entry(study, where),) + own
+
+
 def _model_files(study: str, run: str, rc: RunConfig) -> tuple[str, ...]:
     """A custom model's factory file (config/factory.py): editing it retrains the runs that use it."""
     if rc.model.arch != "custom":
         return ()
-    return (str(rc.model.source_file(f"studies.{study}.runs.{run}.model.factory")),)
+    return (str(rc.model.source_file(rc.factory_key(study, run))),)
 
 
 def checked_runs(cfg: Config, study: str) -> list[str]:
@@ -113,7 +122,6 @@ def checked_runs(cfg: Config, study: str) -> list[str]:
 
 
 def _check_stages(cfg: Config, study: str) -> list[Stage]:
-    entries = cfg.studies[study].run_overrides()
     stages = []
     for run in checked_runs(cfg, study):
         rc = cfg.run(study, run)
@@ -124,8 +132,7 @@ def _check_stages(cfg: Config, study: str) -> list[Stage]:
                 deps=_dataset_files(cfg, rc.dataset) + CHECK_CODE + _model_files(study, run, rc),
                 outs=(str(paths.run_checks(study, run)),),
                 # The model and its data: a batch's shapes feed the checks, its training settings do not.
-                params=(f"studies.{study}.dataset", f"studies.{study}.model", _run_entry(study, entries[run][0]),
-                        "scale"),
+                params=(f"studies.{study}.dataset", f"studies.{study}.model", *_run_keys(cfg, study, run), "scale"),
                 fingerprint=json_digest([cfg.resolved_scale, rc.dataset, rc.model.model_dump(mode="json")]),
                 resources=resources.CHECK,
             )
@@ -135,7 +142,6 @@ def _check_stages(cfg: Config, study: str) -> list[Stage]:
 
 def _study_stages(cfg: Config, study: str) -> list[Stage]:
     stages, summaries, run_metrics = [], [], []
-    entries = cfg.studies[study].run_overrides()
     for run in cfg.run_names(study):
         rc = cfg.run(study, run)
         summary = str(paths.run_summary(study, run))
@@ -155,7 +161,7 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
                     summary,
                 ),
                 params=tuple(f"studies.{study}.{key}" for key in STUDY_KEYS)
-                + (_run_entry(study, entries[run][0]), "scale"),
+                + _run_keys(cfg, study, run) + ("scale",),
                 folder=str(paths.run_dir(study, run)),
                 gpus=rc.train.devices,
                 priority=cfg.studies[study].priority,

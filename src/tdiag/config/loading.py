@@ -85,8 +85,17 @@ def validate(raw: Any, overrides: list[str] = (), *, env: Optional[dict] = None,
         scaled[scale] = (cfg, resolved)
         previous = (merged, cfg, resolved)
     _refuse_scale_dependent_runs(common, sections, {s: scaled[s][0] for s in SCALES})
+    twins = {scale: _twin_runs(*scaled[scale]) for scale in SCALES}
+    if set(twins["smoke"]) != set(twins["full"]):
+        differ = sorted(set(twins["smoke"]) ^ set(twins["full"]))[0]
+        raise ConfigError(
+            f"'own_models': the run '{differ[1]}' of study '{differ[0]}' is twinned at one scale only; the "
+            "scales may change sizes but not which runs exist (a scale changed the run's model.arch or "
+            "model.checkpointing)"
+        )
     chosen = _resolve_scale(scaled[SCALES[0]][0].scale)
     cfg, resolved = scaled[chosen]
+    resolved = {**resolved, **twins[chosen]}
     # Computed values of known-valid types: set on the validated Config, not revalidated.
     update: dict[str, Any] = {"resolved_scale": chosen, "scales": sections}
     if env.get(MIRROR_ENV):
@@ -98,6 +107,68 @@ def validate(raw: Any, overrides: list[str] = (), *, env: Optional[dict] = None,
         runs[study][run] = rc
     cfg._runs = runs
     return cfg
+
+
+COMPUTED_RUN_KEYS = ("own_model", "reference_run")
+"""Run keys loading sets on the runs of `own_models`, never read from the file."""
+
+
+def _twin_runs(cfg: Config, resolved: Resolved) -> Resolved:
+    """For each of `own_models`, a twin `<run>.<name>` of every selected run whose model
+    is the one it replaces: the same mapping with the model section built by the user's
+    factory (arch custom) from the reference's keys and the model's `options`."""
+    out: Resolved = {}
+    for name, own in cfg.own_models.items():
+        selected = _selected_runs(cfg, resolved, name)
+        for (study, run), (mapping, rc) in resolved.items():
+            if (study, run) not in selected or rc.model.arch != own.replaces or rc.model.checkpointing != "none":
+                continue
+            twin = f"{run}.{name}"
+            if (study, twin) in resolved:
+                raise ConfigError(
+                    f"'own_models.{name}': its twin of run '{run}' would be named '{twin}', which study "
+                    f"'{study}' already has; rename that run or the model"
+                )
+            model = {**rc.model.model_dump(mode="json", exclude={"factory", "options"}),
+                     "arch": "custom", "factory": own.factory, "options": own.options}
+            twin_mapping = {**mapping, "model": model, "own_model": name, "reference_run": run}
+            try:
+                twin_rc = RunConfig.model_validate(twin_mapping)
+            except ValidationError as err:
+                raise ConfigError(
+                    f"'own_models.{name}' cannot stand beside run '{run}' of study '{study}': "
+                    + format_error(err, "", RunConfig)
+                ) from None
+            out[study, twin] = (twin_mapping, twin_rc)
+    return out
+
+
+def _selected_runs(cfg: Config, resolved: Resolved, name: str) -> set[tuple[str, str]]:
+    """The (study, run) pairs `own_models.<name>.studies` selects (all when unset)."""
+    studies = cfg.own_models[name].studies
+    if studies is None:
+        return set(resolved)
+    selected = set()
+    for study, which in studies.items():
+        here = f"own_models.{name}.studies.{study}"
+        if study not in cfg.studies:
+            raise ConfigError(f"unknown study '{study}' in '{here}'; studies: {', '.join(cfg.studies)}")
+        runs = [run for s, run in resolved if s == study]
+        if which == "all":
+            selected.update((study, run) for run in runs)
+            continue
+        grids = sorted({resolved[study, run][1].grid for run in runs} - {None})
+        plain = [run for run in runs if not resolved[study, run][1].grid]
+        for i, wanted in enumerate(which):
+            matching = [run for run in runs if run == wanted or resolved[study, run][1].grid == wanted]
+            if not matching:
+                allowed = [f"runs {', '.join(plain)}" if plain else "", f"grids {', '.join(grids)}" if grids else ""]
+                raise ConfigError(
+                    f"bad value '{wanted}' for '{here}[{i}]'; allowed: 'all', or the study's "
+                    + "; ".join(a for a in allowed if a)
+                )
+            selected.update((study, run) for run in matching)
+    return selected
 
 
 def _refuse_keys_set_twice(common: dict, section: dict, scale: str, path: tuple = ()) -> None:
@@ -243,6 +314,9 @@ def _resolve_all(cfg: Config, scale: str, section: dict, common: dict, known: Re
                 located = grid_name and _grid_locator(here, grid_name, st.grids[grid_name], run, defaults)(loc, kind)
                 return located or ".".join([here, *map(str, loc)])
 
+            computed = [key for key in COMPUTED_RUN_KEYS if key in mapping]
+            if computed:
+                raise ConfigError(f"unknown key '{named([computed[0]], 'extra_forbidden')}' (it is computed, not set)")
             try:
                 rc = RunConfig.model_validate(mapping)
             except ValidationError as err:

@@ -394,6 +394,13 @@ class RunConfig(Frozen):
     grid: Optional[str] = None
     variant: dict[str, Any] = {}
     """For a grid run: the varied keys (dotted paths) and this run's values."""
+    # Left out of a dump while unset, so a reference run's dump, digest and fingerprint
+    # stay what they were before own_models existed (its checkpoints still resume).
+    own_model: Optional[str] = Field(default=None, exclude_if=lambda value: value is None)
+    """Set by loading, never in the file: for a run that trains one of `own_models` in
+    place of the reference's model, that model's name..."""
+    reference_run: Optional[str] = Field(default=None, exclude_if=lambda value: value is None)
+    """...and the run it stands beside (same data, seeds and training settings)."""
 
     @model_validator(mode="after")
     def _language_model_fits(self) -> "RunConfig":
@@ -417,6 +424,12 @@ class RunConfig(Frozen):
         if self.model.arch == "custom":  # the user's model code is part of what the run trains
             return json_digest([dumped, extra, self.model.source_digest()])
         return json_digest([dumped, extra])
+
+    def factory_key(self, study: str, run: str) -> str:
+        """The key an error about the run's custom model factory names."""
+        if self.own_model:
+            return f"own_models.{self.own_model}.factory"
+        return f"studies.{study}.runs.{run}.model.factory"
 
     def seed_values(self) -> list[int]:
         return [self.train.seed + i for i in range(self.seeds)]
@@ -538,18 +551,53 @@ class DevicesConfig(Frozen):
     """How many training jobs may share one GPU (the toy models use a sliver of one)."""
 
 
+SHIPPED_ARCHS = ("encoder_decoder", "gpt", "lstm")
+
+
+class OwnModelConfig(Frozen):
+    """The user's model, trained beside the reference: every run of the selected studies
+    whose model is `replaces` gets a twin run `<run>.<name>` with the same data, seeds
+    and training settings, whose model is built by `factory` (arch custom). The factory
+    receives the reference run's model section (sizes, depth, dropout, init, ...) with
+    `options`, so a grid over model keys varies the user's model as far as it reads them."""
+
+    factory: str
+    """'path/to/file.py:function' (relative to params.yaml's folder) or 'package.module:function'."""
+    replaces: Literal["encoder_decoder", "gpt", "lstm"]
+    """The shipped architecture the model stands beside: encoder_decoder (the toy, wmt14
+    tasks), gpt or lstm (language models)."""
+    options: dict[str, Any] = {}
+    studies: Optional[dict[Name, Union[Literal["all"], Annotated[list[Name], Field(min_length=1)]]]] = None
+    """Study -> 'all' or the run and grid names to twin; default: every study. A run with
+    activation checkpointing is not twinned (it checkpoints the project's own blocks)."""
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_format(cls, value: str) -> str:
+        factories.parse(value)
+        return value
+
+
 class Config(Frozen):
     scale: Literal["auto", "smoke", "full"] = "auto"
     data: DataConfig = DataConfig()
     devices: DevicesConfig = DevicesConfig()
     datasets: dict[str, DatasetConfig]
     studies: dict[str, StudyConfig]
+    own_models: dict[str, OwnModelConfig] = {}
+    """Name -> a model of the user's own, trained beside the reference in the studies
+    (OwnModelConfig); its runs are named `<run>.<name>`."""
     scales: dict[Literal["smoke", "full"], dict[str, Any]] = {}
 
     @field_validator("datasets", mode="before")
     @classmethod
     def _dataset_names(cls, value: Any) -> Any:
         return _named(value, "datasets")
+
+    @field_validator("own_models", mode="before")
+    @classmethod
+    def _own_model_names(cls, value: Any) -> Any:
+        return _named(value, "own_models")
 
     @field_validator("studies", mode="before")
     @classmethod

@@ -11,14 +11,14 @@ tolerance, or within one evaluation interval for steps, count as no difference.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tdiag.report import collect
+from tdiag.report import collect, twins
 
 MIB = 2**20
 
@@ -208,22 +208,54 @@ class StudyResults:
     runs: pd.DataFrame
     """One row per finished (run, seed): collect.load_runs."""
     _metrics: Optional[pd.DataFrame] = None
+    own_model: Optional[str] = None
+    """None: the reference's runs. A name of `own_models`: the study with that model's runs
+    in place of the runs they stand beside, under those runs' names (`twins.beside_reference`)."""
+    twinned: dict[str, str] = field(default_factory=dict)
+    """With `own_model`: each of its runs -> the reference run it replaces."""
+    design: Optional[pd.DataFrame] = None
+    """The rows selections read (grid, config): the reference's. A run of `own_model` is
+    selected as the run it replaces (same grid and settings; its model.arch is 'custom')."""
 
     @classmethod
-    def load(cls, root: str | Path, study: str) -> "StudyResults":
-        return cls(Path(root), study, collect.load_runs(root, study))
+    def load(cls, root: str | Path, study: str, own_model: Optional[str] = None) -> "StudyResults":
+        reference = collect.load_runs(root, study)
+        if own_model is None:
+            return cls(Path(root), study, reference)
+        twinned = collect.twins(Path(root), study, own_model)
+        runs = twins.beside_reference(reference, collect.load_runs(root, study, own_model), twinned)
+        return cls(Path(root), study, runs, own_model=own_model, twinned=twinned, design=reference)
 
     @property
     def metrics(self) -> pd.DataFrame:
         if self._metrics is None:
             self._metrics = collect.load_metrics(self.root, self.study)
+            if self.own_model is not None:
+                own = collect.load_metrics(self.root, self.study, self.own_model)
+                self._metrics = twins.beside_reference(self._metrics, own, self.twinned)
         return self._metrics
+
+    def shown(self, run: str) -> str:
+        """The name a verdict's numbers give the run: the own model's run where it replaces one."""
+        return next((own for own, reference in self.twinned.items() if reference == run), run)
+
+    def unread_model_keys(self) -> list[tuple[list[str], list[str]]]:
+        """With `own_model`: its runs that trained identically though their model sections
+        differ, and those keys (twins.unread_model_keys); none for the reference."""
+        if self.own_model is None:
+            return []
+        own = collect.load_runs(self.root, self.study, self.own_model)
+        return twins.unread_model_keys(self.design, own, collect.load_metrics(self.root, self.study, self.own_model))
+
+    def replaced(self) -> set[str]:
+        """The reference runs whose rows are the own model's."""
+        return set(self.twinned.values())
 
     def scale(self) -> Optional[str]:
         return None if self.runs.empty else str(self.runs["scale"].iloc[0])
 
     def select(self, sel: Select) -> list[str]:
-        runs = self.runs.drop_duplicates("run")
+        runs = (self.runs if self.design is None else self.design).drop_duplicates("run")
         if runs.empty:
             return []
         keep = pd.Series(True, index=runs.index)
@@ -446,8 +478,8 @@ def _group_value(sel: Select, measure, results: StudyResults) -> tuple[list[str]
     runs = results.select(sel)
     per_run = [run_value(measure, results, run) for run in runs]
     values = [r.value for r in per_run if r.value is not None]
-    fates = [f"{r.run}: {r.fate}" for r in per_run if r.fate]
-    return runs, (_aggregate(values, sel.aggregate) if values else None), fates
+    fates = [f"{results.shown(r.run)}: {r.fate}" for r in per_run if r.fate]
+    return [results.shown(run) for run in runs], (_aggregate(values, sel.aggregate) if values else None), fates
 
 
 def _judge_compare(rule: Compare, results: StudyResults) -> Judgement:
@@ -536,11 +568,11 @@ def _judge_thresholds(rule: Thresholds, results: StudyResults) -> Judgement:
                 and (cond.at_most is None or rv.value.x <= cond.at_most))
             if not ok:
                 missed.append(rv.fate or "missed")
-        parts.append(f"{run} ({steps:,} steps): {', '.join(shown)}" + (" (missed)" if missed else ""))
+        parts.append(f"{results.shown(run)} ({steps:,} steps): {', '.join(shown)}" + (" (missed)" if missed else ""))
         if missed:
             diverged = any("diverged" in m for m in missed)
             short = rule.within_steps is not None and steps < rule.within_steps and not diverged
-            (failed_short if short else failed_in_budget).append(run)
+            (failed_short if short else failed_in_budget).append(results.shown(run))
     numbers = "; ".join(parts)
     if failed_in_budget:
         return Judgement(NOT_REPRODUCED, numbers + f": missed by {', '.join(failed_in_budget)}")

@@ -14,7 +14,7 @@ import html
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,6 +23,7 @@ from tdiag import atomic, paths
 from tdiag.config import Config
 from tdiag.config.errors import format_error
 from tdiag.errors import UserError
+from tdiag.report import collect
 from tdiag.report.claim_rules import (
     CONTRADICTED, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, VERDICTS, Judgement, Rule, StudyResults, describe, judge,
     selections,
@@ -97,35 +98,57 @@ class Verdict:
     numbers: str
 
 
-def judge_study(claims: ClaimsFile, root: Path, study: str) -> list[Verdict]:
-    """Every claim of `study` judged from its finished runs under `root`."""
+def judge_study(claims: ClaimsFile, root: Path, study: str, own_model: Optional[str] = None) -> list[Verdict]:
+    """Every claim of `study` judged from its finished runs under `root`; with `own_model`,
+    from the study with that model's runs in place of those they stand beside
+    (`StudyResults.load`), and only the claims that read at least one of them."""
     mine = {name: claim for name, claim in claims.claims.items() if claim.study == study}
     if not mine:
         return []
-    results = StudyResults.load(root, study)
+    results = StudyResults.load(root, study, own_model)
     scale = results.scale()
+    unread = results.unread_model_keys()
     out = []
     for name, claim in mine.items():
+        read = set(selections(claim.rule, results))
+        if own_model is not None and not read & results.replaced():
+            continue
         judged: Judgement = judge(claim.rule, results)
         verdict, numbers = judged.verdict, judged.numbers
+        for runs, keys in unread:
+            same = [run for run in runs if results.twinned[run] in read]
+            if len(same) > 1:  # the rule compares runs that differ only in what the factory ignores
+                numbers = (f"{numbers} (the rule alone: {verdict}; but {', '.join(same)} trained identically: "
+                           f"the factory does not read {', '.join(keys)})")
+                verdict = INCONCLUSIVE
+                break
         if scale is not None and SCALE_ORDER[scale] < SCALE_ORDER[claim.decided_at]:
             numbers = f"{numbers} (the rule alone: {verdict}; this claim needs the {claim.decided_at} scale's budget)"
             verdict = INCONCLUSIVE
-        out.append(Verdict(name, claim.claim, claim.source, selections(claim.rule, results), describe(claim.rule),
-                           verdict, numbers))
+        own_name = {reference: own for own, reference in results.twinned.items()}
+        reads = [own_name.get(run, run) for run in selections(claim.rule, results)]
+        out.append(Verdict(name, claim.claim, claim.source, reads, describe(claim.rule), verdict, numbers))
     return out
 
 
 def write_verdicts(claims: ClaimsFile, root: Path, study: str) -> Path:
+    """The study's verdicts, the reference's and those with each of `own_models` in its place."""
     verdicts = judge_study(claims, root, study)
+    beside = {name: judge_study(claims, root, study, name) for name in collect.own_model_names(root, study)}
     out = root / paths.study_verdicts(study)
-    atomic.write_json(out, {"study": study, "verdicts": [asdict(v) for v in verdicts]})
+    atomic.write_json(out, {
+        "study": study,
+        "verdicts": [asdict(v) for v in verdicts],
+        "own_models": {name: [asdict(v) for v in judged] for name, judged in beside.items()},
+    })
     return out
 
 
-def read_verdicts(root: str | Path, study: str) -> list[Verdict]:
+def read_verdicts(root: str | Path, study: str, own_model: Optional[str] = None) -> list[Verdict]:
+    """The reference's verdicts, or (`own_model`) those judged with that model in its place."""
     data = json.loads((Path(root) / paths.study_verdicts(study)).read_text())
-    return [Verdict(**v) for v in data["verdicts"]]
+    judged = data["verdicts"] if own_model is None else data.get("own_models", {}).get(own_model, [])
+    return [Verdict(**v) for v in judged]
 
 
 def counts(verdicts: list[Verdict]) -> dict[str, int]:

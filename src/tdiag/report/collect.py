@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 
@@ -29,16 +30,36 @@ def _flatten(prefix: str, obj: dict) -> dict:
     return out
 
 
-def finished_runs(root: Path, study: str) -> list[dict]:
-    """The summary of every finished run of the study (a run's summary.json is written last)."""
+EVERY = "*"
+"""`own_model` for every run: the reference's and those of each of `own_models` (whose
+names, like every name, cannot be '*')."""
+
+
+def finished_runs(root: Path, study: str, own_model: Optional[str] = None) -> list[dict]:
+    """The summary of every finished run of the study (a run's summary.json is written
+    last): the reference's runs (`own_model` None), the runs of one of `own_models`
+    (config/schema.py OwnModelConfig), or all of them (`EVERY`)."""
     folder = root / paths.RESULTS / "runs" / study
     if not folder.exists():
         return []
-    return [
+    summaries = [
         json.loads((p / "summary.json").read_text())
         for p in sorted(folder.iterdir())
         if (p / "summary.json").exists()
     ]
+    if own_model == EVERY:
+        return summaries
+    return [s for s in summaries if s.get("own_model") == own_model]
+
+
+def own_model_names(root: Path, study: str) -> list[str]:
+    """The `own_models` with a finished run in the study, in name order."""
+    return sorted({s["own_model"] for s in finished_runs(Path(root), study, EVERY) if s.get("own_model")})
+
+
+def twins(root: Path, study: str, own_model: str) -> dict[str, str]:
+    """Each finished run of `own_model` -> the reference run it stands beside."""
+    return {s["run"]: s["reference_run"] for s in finished_runs(Path(root), study, own_model)}
 
 
 def variant_label(variant: dict) -> str:
@@ -46,11 +67,12 @@ def variant_label(variant: dict) -> str:
     return ", ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in variant.items())
 
 
-def load_runs(root: str | Path, study: str) -> pd.DataFrame:
-    """One row per finished (run, seed): status, held-out metrics, variant and resolved config."""
+def load_runs(root: str | Path, study: str, own_model: Optional[str] = None) -> pd.DataFrame:
+    """One row per finished (run, seed) (of `own_model`, as `finished_runs`): status,
+    held-out metrics, variant and resolved config."""
     root = Path(root)
     rows = []
-    for run_summary in finished_runs(root, study):
+    for run_summary in finished_runs(root, study, own_model):
         run = run_summary["run"]
         for seed_summary in run_summary["per_seed"]:
             seed = seed_summary["seed"]
@@ -65,6 +87,8 @@ def load_runs(root: str | Path, study: str) -> pd.DataFrame:
                 grid=run_summary["grid"],
                 dataset=run_summary["dataset"],
                 variant=variant_label(run_summary["variant"]),
+                own_model=run_summary.get("own_model"),
+                reference_run=run_summary.get("reference_run"),
                 **_flatten("config.", provenance["config"]),
                 scale=provenance["scale"],
                 device_description=provenance["device"],
@@ -80,12 +104,12 @@ def load_runs(root: str | Path, study: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def load_metrics(root: str | Path, study: str) -> pd.DataFrame:
-    """Every per-step and evaluation record of the study's finished runs, with run and seed
-    columns (a run recorded as unsupported has none)."""
+def load_metrics(root: str | Path, study: str, own_model: Optional[str] = None) -> pd.DataFrame:
+    """Every per-step and evaluation record of the study's finished runs (of `own_model`,
+    as `finished_runs`), with run and seed columns (a run recorded as unsupported has none)."""
     root = Path(root)
     frames = []
-    for run_summary in finished_runs(root, study):
+    for run_summary in finished_runs(root, study, own_model):
         run = run_summary["run"]
         if run_summary["status"] == UNSUPPORTED:
             continue
@@ -112,7 +136,7 @@ class UnfinishedStudy(UserError):
 
 
 def write_study_table(cfg: Config, study: str, root: Path = Path(".")) -> Path:
-    runs = load_runs(root, study)
+    runs = load_runs(root, study, EVERY)
     missing = [run for run in cfg.run_names(study) if run not in set(runs.get("run", []))]
     if missing:
         raise UnfinishedStudy(

@@ -4,7 +4,7 @@ A run with `model.arch: custom` builds the user's model from its factory and run
 forward on two rows of the run's first training batch, on the CPU
 (models/custom.py), before `train_run` touches any file of the run: a model that does
 not meet the contract of its dataset's family (`DatasetKind.model_family`) stops the
-command with one line naming `studies.<study>.runs.<run>.model.factory`, exit code 2.
+command with one line naming the factory's key (`RunConfig.factory_key`), exit code 2.
 """
 
 from __future__ import annotations
@@ -17,10 +17,6 @@ from tdiag.config import Config
 from tdiag.data.kinds import kind_of
 from tdiag.models import custom
 from tdiag.train.loop import read_meta
-
-
-def factory_key(study: str, run: str) -> str:
-    return f"studies.{study}.runs.{run}.model.factory"
 
 
 def check_custom_model(cfg: Config, study: str, run: str, root: Path) -> None:
@@ -36,4 +32,4 @@ def check_custom_model(cfg: Config, study: str, run: str, root: Path) -> None:
         inputs = (first[0][:2], first[1][:2, :-1])
     else:  # (tokens, next tokens)
         inputs = (first[0][:2],)
-    custom.check(factory_key(study, run), rc.model, kind.model_family, workload.vocab_sizes, workload.pad_id, inputs)
+    custom.check(rc.factory_key(study, run), rc.model, kind.model_family, workload.vocab_sizes, workload.pad_id, inputs)

@@ -485,6 +485,8 @@ def _run_summary(study: str, run: str, rc: RunConfig, seeds: list[dict]) -> dict
         "diverged_seeds": [s["seed"] for s in seeds if s["status"] == "diverged"],
         "grid": rc.grid,
         "variant": rc.variant,
+        "own_model": rc.own_model,
+        "reference_run": rc.reference_run,
         "dataset": rc.dataset,
         "test": mean["test"],
         "valid": mean["valid"],

@@ -47,6 +47,8 @@ def run_summary(study: str, run: str, rc: RunConfig, reason: str, device: str, s
         "diverged_seeds": [],
         "grid": rc.grid,
         "variant": rc.variant,
+        "own_model": rc.own_model,
+        "reference_run": rc.reference_run,
         "dataset": rc.dataset,
         "test": None,
         "valid": None,
