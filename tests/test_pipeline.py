@@ -94,8 +94,9 @@ def _check_outputs(project: Path) -> None:
     assert "lab.html" in index
     for study in ("toy", "wmt14", "lm", "lab"):  # each page opens with its claims, judged from its runs
         page = (project / f"reports/{study}.html").read_text()
-        verdicts = json.loads((project / f"results/{study}/verdicts.json").read_text())["verdicts"]
-        assert verdicts and page.count("runs read:") == len(verdicts), study
+        judged = json.loads((project / f"results/{study}/verdicts.json").read_text())
+        verdicts, beside = judged["verdicts"], sum(len(v) for v in judged["own_models"].values())
+        assert verdicts and page.count("runs read:") == len(verdicts) + beside, study
         assert page.index("Verdicts:") < page.index("<img"), f"{study}: verdicts come before the first figure"
         checked = len(list((project / f"results/checks/{study}").glob("*.json")))
         assert checked and f"of {checked} checked models pass every check" in page, study

@@ -425,6 +425,11 @@ class RunConfig(Frozen):
             return json_digest([dumped, extra, self.model.source_digest()])
         return json_digest([dumped, extra])
 
+    def twin_fields(self) -> dict[str, str]:
+        """`own_model` and `reference_run` for a run's summary, where set (a run of the
+        reference's model has neither, and its summary is as it was before own_models)."""
+        return {"own_model": self.own_model, "reference_run": self.reference_run} if self.own_model else {}
+
     def factory_key(self, study: str, run: str) -> str:
         """The key an error about the run's custom model factory names."""
         if self.own_model:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure  # drawn off-screen: the notebook's own plotting backend is left as it is
 
-from tdiag.report import claims, collect, twins
+from tdiag.report import claims, collect, model_checks, twins
 from tdiag.report.claims import VERDICT_COLOURS, Verdict
 
 HEADLINE_METRICS = (
@@ -54,10 +54,28 @@ def _model_html(root: Path, study: str, name: str) -> str:
         f"{html.escape(str(arch))}</h3>"
         f"<p>{len(pairs)} of its runs stand beside the reference's: same data, seeds and training settings; "
         "the factory received each reference run's model section.</p>"
+        + _checks_html(root, study, list(own["run"].unique()))
         + _unread_keys_html(reference, own, own_records)
         + _claims_html(root, study, name)
         + _pairs_html(pairs)
         + _curves_html(root, study, name, pairs, own_records)
+    )
+
+
+def _checks_html(root: Path, study: str, runs: list[str]) -> str:
+    """The model checks of the own model's checked runs (one per distinct model section):
+    a failure first, since the numbers below are not a working model's until it is fixed."""
+    records = [r for r in model_checks.read(root, study) if r["run"] in runs]
+    if not records:
+        return ""
+    failed = {c["name"]: c["message"] for r in records for c in r["checks"] if not c["passed"]}
+    if not failed:
+        checked = f"its {len(records)} checked runs" if len(records) > 1 else "its checked run"
+        return f"<p>Its model checks all pass on {checked} (table above).</p>"
+    items = "".join(f"<li><b>{html.escape(name)}</b>: {html.escape(message)}</li>" for name, message in failed.items())
+    return (
+        "<div style='background:#f4c7c3;padding:0.4em'><b>Its model checks fail</b> (table above), so the numbers "
+        f"below are not those of a working model until that is fixed:<ul>{items}</ul></div>"
     )
 
 
