@@ -124,6 +124,25 @@ def overfit(subject: Subject) -> CheckResult:
     )
 
 
+@torch.no_grad()
+def eval_determinism(subject: Subject) -> CheckResult:
+    """In eval mode, the same batch twice (the random state moved on between the two)
+    gives the same logits, bit for bit: nothing random is left on at inference."""
+    model = subject.build()
+    with evaluating(model):
+        first = subject.logits(model, subject.batch)
+        torch.rand(1)  # a different random state for the second pass
+        second = subject.logits(model, subject.batch)
+    worst = float((first - second).abs().max())
+    return result(
+        "eval_determinism", worst, DETERMINISM_TOLERANCE, worst <= DETERMINISM_TOLERANCE,
+        f"randomness at inference: in eval mode the same batch gave logits {worst:.3g} apart; dropout that "
+        "ignores model.eval() (F.dropout without training=self.training) or another random op in forward "
+        "(causality, padding and batch independence compare eval passes: not run until this passes)",
+        "eval mode: the same batch gave the same logits twice",
+    )
+
+
 def determinism(subject: Subject) -> CheckResult:
     """Two trainings from the same seed give the same losses, step for step."""
     first = _train(subject, DETERMINISM_STEPS, training_mode=True)
