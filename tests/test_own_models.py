@@ -5,6 +5,7 @@ key; the claims are judged with the twins in place of the runs they replace."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -162,3 +163,40 @@ def test_runs_that_train_identically_across_a_varied_model_key_name_the_key_the_
     assert twins.unread_model_keys(reference, own, records) == [(["post.mine", "pre.mine"], ["model.norm"])]
     records.loc[records["run"] == "post.mine", "loss"] = [3.0, 2.6]  # it reads norm after all
     assert twins.unread_model_keys(reference, own, records) == []
+
+
+# ----------------------------------------------------------------- end to end, on the toy study
+
+
+@pytest.mark.slow
+def test_an_encoder_decoder_of_your_own_trains_beside_the_toy_run_and_the_page_sets_them_side_by_side(tmp_path: Path):
+    """A seq2seq model in a file beside params.yaml, through train, check, collect and
+    report: the toy page judges the toy claims with it and shows both runs."""
+    from test_custom_model import GOOD_FACTORY, SEQ2SEQ
+    from conftest import tiny_params, write_params
+
+    (tmp_path / "my_model.py").write_text(SEQ2SEQ + GOOD_FACTORY)
+    shutil.copy2(REPO / "claims.yaml", tmp_path / "claims.yaml")
+    shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
+    params = tiny_params({"own_models": {"mine": {"factory": "my_model.py:build", "replaces": "encoder_decoder",
+                                                  "studies": {"toy": "all"}}}})
+    toy = params["studies"]["toy"]
+    toy["runs"], toy["grids"] = {"copy": {"dataset": "copy"}}, {}
+    toy["train"].update(max_steps=30, eval_every=15)
+    params["studies"] = {"toy": toy}
+    write_params(tmp_path, params)
+    tdiag("data", "synth", "copy", cwd=tmp_path)
+    for run in ("copy", "copy.mine"):
+        tdiag("train", "toy", run, "--threads", "1", cwd=tmp_path)
+        tdiag("check", "toy", run, cwd=tmp_path)
+    tdiag("collect", "toy", cwd=tmp_path)
+    tdiag("report", "toy", cwd=tmp_path)
+    page = (tmp_path / "reports/toy.html").read_text()
+    assert "my_model.py:build</code> in place of the reference's encoder_decoder" in page
+    assert "Its model checks all pass on its checked run" in page
+    assert "Claims with mine:" in page and "copy.mine" in page and "loss curves, reference and mine" in page
+    judged = yaml.safe_load((tmp_path / "results/toy/verdicts.json").read_text())
+    [tasks] = [v for v in judged["own_models"]["mine"] if v["claim_id"] == "toy-tasks-learnt"]
+    assert tasks["reads"] == ["copy.mine"] and "copy.mine (30 steps)" in tasks["numbers"]
+    table = pd.read_csv(tmp_path / "results/toy/runs.csv")
+    assert set(table["run"]) == {"copy", "copy.mine"}
