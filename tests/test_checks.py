@@ -76,12 +76,12 @@ class TinyEncoderDecoder(nn.Module):
     the bugs the checks should catch as flags; all off, a correct model."""
 
     def __init__(self, leak=False, mask_queries=False, batch_mean=False, detached=False, logit_scale=1.0,
-                 bounded=False, noise=False, wrong_scale=False, temperature=False, eval_dropout=False):
+                 bounded=False, noise=False, wrong_scale=False, temperature=False, eval_dropout=False, frozen=False):
         super().__init__()
         self.flags = dict(leak=leak, mask_queries=mask_queries, batch_mean=batch_mean, detached=detached,
                           logit_scale=logit_scale, bounded=bounded, eval_dropout=eval_dropout)
         self.src_embed, self.tgt_embed = nn.Embedding(V, D), nn.Embedding(V, D)
-        self.positions = nn.Parameter(torch.randn(16, D) * 0.1)
+        self.positions = nn.Parameter(torch.randn(16, D) * 0.1, requires_grad=not frozen)  # the bug: frozen
         self.enc_qkv = nn.Linear(D, 3 * D)
         self.self_attn = TinyAttention(D, 2, wrong_scale, temperature)
         self.cross_attn = TinyAttention(D, 2, wrong_scale, temperature)
@@ -125,6 +125,7 @@ BUGS = {
     "mask over the query axis": ({"mask_queries": True}, {"padding_invariance", "padding_attention"}, "padding "),
     "mean over the batch": ({"batch_mean": True}, {"batch_independence"}, "batch coupling: sample "),
     "detached parameter": ({"detached": True}, {"gradient_flow"}, "blocked gradient: 1 of "),
+    "frozen parameter": ({"frozen": True}, {"gradient_flow"}, "blocked gradient: 1 of "),
     "logits scaled by 100": ({"logit_scale": 100.0}, {"initial_loss"}, "logit scale at init: loss "),
     "logits squashed": ({"bounded": True}, {"overfit"}, "cannot memorise 2 samples: loss still "),
     "unseeded noise": ({"noise": True}, {"determinism"}, "nondeterminism: same seed, losses differ by "),

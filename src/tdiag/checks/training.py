@@ -45,13 +45,17 @@ DETERMINISM_TOLERANCE = 0.0
 
 
 def gradient_flow(subject: Subject) -> CheckResult:
-    """Every trainable parameter gets a finite, non-zero gradient from the loss on the batch."""
+    """Every parameter trains and gets a finite, non-zero gradient from the loss on the
+    batch (a from-scratch model has no reason to freeze one: `requires_grad=False` on a
+    parameter is the bug of a weight that never moves)."""
     model = subject.build()
     subject.loss(model, subject.batch).backward()
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    named = list(model.named_parameters())
     bad = []
     for name, p in named:
-        if p.grad is None:
+        if not p.requires_grad:
+            bad.append(f"{name} (requires_grad=False: never trained)")
+        elif p.grad is None:
             bad.append(f"{name} (no gradient: detached from the loss)")
         elif not bool(torch.isfinite(p.grad).all()):
             bad.append(f"{name} (non-finite gradient)")
