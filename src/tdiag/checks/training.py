@@ -29,6 +29,10 @@ OVERFIT_LR = 1e-2
 GPTs memorise 4 random rows at 1e-2 in 20-60 steps; LSTMs are the slow ones (the lm
 study's 64-wide 4-layer LSTM, 2 rows of WikiText-2: loss 9.53 -> 1.94 at step 300, 1.39
 at 400; at 3e-3 2.43 at 400)."""
+OVERFIT_RETRY_LR = 1e-3
+"""Tried when `OVERFIT_LR` does not memorise: a correct model may be unstable at 1e-2
+without warmup. Measured: the lab's 6-layer post-LN GPT stays at loss 3.66 (target 1.83)
+after 400 steps at 1e-2, the instability the pre/post-LN claim is about, not a bug."""
 OVERFIT_FRACTION = 0.5
 """The loss to reach, as a fraction of the unigram entropy of the batch's targets: that
 entropy is the lowest loss a model reaches without reading its input (or with its logits
@@ -84,14 +88,15 @@ def initial_loss(subject: Subject) -> CheckResult:
     )
 
 
-def _train(subject: Subject, steps: int, training_mode: bool, stop_below: float = -math.inf) -> list[float]:
+def _train(subject: Subject, steps: int, training_mode: bool, stop_below: float = -math.inf,
+           lr: float = OVERFIT_LR) -> list[float]:
     """Losses of up to `steps` Adam steps on the batch, from a fresh model of the
     subject's seed, in float32 (the thresholds of overfit and determinism do not need
     float64: one is far above float32 rounding, the other is bitwise); stops once a loss
     is below `stop_below`."""
     model = subject.build(torch.float32)
     model.train(training_mode)
-    optimizer = torch.optim.Adam(model.parameters(), lr=OVERFIT_LR)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
@@ -114,17 +119,24 @@ def _unigram_entropy(subject: Subject, batch) -> float:
 
 def overfit(subject: Subject) -> CheckResult:
     """On its first `OVERFIT_ROWS` samples, the loss falls below `OVERFIT_FRACTION` of the
-    targets' unigram entropy within `OVERFIT_STEPS` Adam steps (dropout off: the question
-    is whether the model can fit, not how it regularises)."""
+    targets' unigram entropy within `OVERFIT_STEPS` Adam steps at `OVERFIT_LR`, or else at
+    `OVERFIT_RETRY_LR` (dropout off: the question is whether the model can fit, not how it
+    regularises); `measured` is the lower of the two final losses."""
     few = replace(subject, batch=subject.rows(slice(0, OVERFIT_ROWS)))
     target = max(OVERFIT_FRACTION * _unigram_entropy(few, few.batch), OVERFIT_FLOOR)
-    losses = _train(few, OVERFIT_STEPS, training_mode=False, stop_below=target)
-    final = losses[-1]
+    tried = []
+    for lr in (OVERFIT_LR, OVERFIT_RETRY_LR):
+        losses = _train(few, OVERFIT_STEPS, training_mode=False, stop_below=target, lr=lr)
+        tried.append((losses[-1], lr, losses))
+        if losses[-1] < target:
+            break
+    final, lr, losses = min(tried, key=lambda t: t[0])
+    rates = " and ".join(f"{t[1]:g}" for t in tried)
     return result(
         "overfit", final, target, final < target,
-        f"cannot memorise {OVERFIT_ROWS} samples: loss still {final:.3g} after {len(losses)} steps "
-        f"(from {losses[0]:.3g}), above {target:.3g} ({OVERFIT_FRACTION} x the loss of ignoring the input)",
-        f"loss {losses[0]:.3g} -> {final:.3g} on {OVERFIT_ROWS} samples in {len(losses)} steps",
+        f"cannot memorise {OVERFIT_ROWS} samples: loss still {final:.3g} after {len(losses)} Adam steps at lr "
+        f"{rates} (from {losses[0]:.3g}), above {target:.3g} ({OVERFIT_FRACTION} x the loss of ignoring the input)",
+        f"loss {losses[0]:.3g} -> {final:.3g} on {OVERFIT_ROWS} samples in {len(losses)} steps at lr {lr:g}",
     )
 
 
