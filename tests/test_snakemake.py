@@ -19,7 +19,7 @@ import pytest
 
 from conftest import REPO, needs_mirror
 from test_pipeline import _check_outputs, _project_copy, _run
-from tdiag import config
+from tdiag import config, plan
 from tdiag.cli import OVERRIDES_ENV, env_overrides
 from tdiag.config import ConfigError
 from tdiag.stage import stage_name
@@ -71,8 +71,10 @@ def test_each_study_has_a_target_rule_that_builds_its_page_and_what_it_needs(tmp
     }
     assert len(expected["lab"]) == 5 + 22  # the tiny lab's seven grids hold 22 cells
     assert set(expected) == set(cfg.studies)
+    checks = {study: {stage_name("check", study, run) for run in plan.checked_runs(cfg, study)} for study in expected}
+    assert checks["toy"] == {"check_toy_copy", "check_toy_dates", "check_toy_qk_wo_2"}  # qk_wo-1 is copy's model
     for study, rules in expected.items():
-        assert set(_dry_run(project, study)) == rules
+        assert set(_dry_run(project, study)) == rules | checks[study]
 
 
 def test_a_second_run_in_the_same_folder_is_refused(tmp_path: Path):
@@ -150,7 +152,8 @@ def test_an_override_reruns_only_the_stages_whose_settings_it_changes(killed_the
     assert set(jobs) - toy_training == {"collect_toy", "report_toy", "report_index", "all"}
     # The data stage of one dataset changes, and only what trains on it follows.
     jobs = _dry_run(project, "--config", "datasets={dates: {n_train: 200}}")
-    assert set(jobs) == {"data_synth_dates", "train_toy_dates", "collect_toy", "report_toy", "report_index", "all"}
+    assert set(jobs) == {"data_synth_dates", "train_toy_dates", "check_toy_dates", "collect_toy", "report_toy",
+                         "report_index", "all"}
     assert _dry_run(project) == {}
 
 
