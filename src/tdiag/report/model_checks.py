@@ -38,8 +38,10 @@ def section_html(records: list[dict]) -> str:
     passed = sum(r["passed"] for r in records)
     head = "".join(f"<th>{html.escape(n.replace('_', ' '))}</th>" for n in names)
     return (
-        "<style>table.checks td, table.checks th { text-align: left; vertical-align: top; "
-        "overflow-wrap: anywhere; }</style>"
+        # Fixed layout at the page's width: eleven check columns fit without a scroll bar.
+        "<style>table.checks { table-layout: fixed; width: 100%; font-size: 0.85em; } "
+        "table.checks td, table.checks th { text-align: left; vertical-align: top; overflow-wrap: anywhere; "
+        "padding: 0.2em; }</style>"
         f"<p><b>{passed} of {len(records)} checked models pass every check.</b></p>"
         f"<table class='checks'><thead><tr><th>model (first run)</th>{head}</tr></thead><tbody>"
         + "".join(rows) + "</tbody></table>"
