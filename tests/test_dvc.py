@@ -1,8 +1,9 @@
 """The DVC side: each stage tracks only the keys it reads, dvc.lock matches the stage
 list, outputs are cached (push/pull), and experiments show headline metrics and curves.
 
-The end-to-end tests run real DVC on the tiny configuration cut to the toy study (one
-task run and a two-run grid) and the lm study, in a git repository in a temporary folder.
+The end-to-end tests run real DVC on the tiny configuration (every study, as the
+Snakemake tests do) in a git repository in a temporary folder: one `dvc repro` of the
+whole pipeline, which every test here starts from.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import pytest
 import yaml
 
 from conftest import REPO, needs_mirror, tiny_params, write_params
+from test_pipeline import _check_outputs
 from tdiag import config, plan
 from tdiag.config import yaml_text
 
 PROJECT_FILES = ("workflow", "notebooks", "src", "claims.yaml", ".dvc", ".dvcignore", ".gitignore")
-TOY_TRAIN = {"train_toy_copy", "train_toy_qk_wo_1", "train_toy_qk_wo_2"}
+TOY_TRAIN = {"train_toy_copy", "train_toy_dates", "train_toy_qk_wo_1", "train_toy_qk_wo_2"}
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
@@ -105,13 +107,10 @@ def _ran(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-def _small_params() -> dict:
+def _dvc_params() -> dict:
+    """The tiny configuration, with a key held per scale, as in the real file (so not in
+    the common section): DVC tracks it in each scale section, and `scale` too."""
     params = tiny_params()
-    del params["studies"]["wmt14"]
-    params["datasets"] = {k: params["datasets"][k] for k in ("copy", "wikitext2")}
-    params["studies"]["toy"]["runs"] = {"copy": {"dataset": "copy"}}
-    # A key held per scale, as in the real file (so not in the common section): DVC
-    # tracks it in each scale section, and `scale` too.
     del params["studies"]["toy"]["train"]["eval_every"]
     params["scales"] = {s: {"studies": {"toy": {"train": {"eval_every": 20}}}} for s in ("smoke", "full")}
     return params
@@ -119,7 +118,7 @@ def _small_params() -> dict:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
-    """The small project, committed to git, after a full `dvc repro` (dvc.lock committed)."""
+    """The tiny project, committed to git, after a full `dvc repro` (dvc.lock committed)."""
     if not (REPO.parent / "shared" / "data").is_dir():
         pytest.skip("offline data mirror not present")
     project = tmp_path_factory.mktemp("dvc") / "project"
@@ -130,7 +129,7 @@ def built(tmp_path_factory) -> Path:
             shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__", "tmp"))
         else:
             shutil.copy2(source, project / name)
-    write_params(project, _small_params())
+    write_params(project, _dvc_params())
     stages = subprocess.run([str(BIN / "tdiag"), "stages", "--dvc"], cwd=project, capture_output=True, text=True,
                             env=ENV, check=True)
     (project / "dvc.yaml").write_text(stages.stdout)
@@ -147,6 +146,13 @@ def _copy(built: Path, tmp_path: Path) -> Path:
     project = tmp_path / "project"
     shutil.copytree(built, project, symlinks=True)
     return project
+
+
+@pytest.mark.slow
+@needs_mirror
+def test_dvc_repro_runs_the_whole_pipeline_then_is_up_to_date(built: Path):
+    _check_outputs(built)  # every study's page, each in a browser
+    assert "up to date" in _dvc("status", cwd=built)
 
 
 @pytest.mark.slow

@@ -1,20 +1,18 @@
-"""One stage list, two orchestrators: dvc.yaml stays generated, and the whole smoke
-pipeline runs through real Snakemake and real DVC in a temporary copy of the project."""
+"""One stage list, two orchestrators: dvc.yaml stays generated from it, and the helpers
+with which the whole tiny pipeline is run and checked through real Snakemake
+(test_snakemake.py, killed and finished) and real DVC (test_dvc.py, `dvc repro`) in a
+temporary copy of the project: each orchestrator runs it once in the test command."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
 from browser import assert_pages_work, chromium
-from conftest import REPO, needs_mirror, tiny_params, write_params
+from conftest import REPO, tiny_params, write_params
 from tdiag import config, plan
 from tdiag.config import yaml_text
 from tdiag.report.lab import EXPERIMENTS
@@ -22,7 +20,7 @@ from tdiag.report.lab import EXPERIMENTS
 PROJECT_FILES = ("workflow", "notebooks", "src", "examples", "claims.yaml", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore")
 OWN_MODEL = {"own_models": {"mine": {"factory": "examples/custom_model/good_gpt.py:build", "replaces": "gpt",
                                      "studies": {"lm": "all"}}}}
-"""The snakemake run trains the example GPT beside the lm study's GPT run."""
+"""The Snakemake run (test_snakemake.py) trains the example GPT beside the lm study's GPT run."""
 
 
 def test_committed_dvc_yaml_is_generated_from_the_stage_list():
@@ -114,35 +112,3 @@ def _check_outputs(project: Path) -> None:
         pages = sorted((project / "reports").glob("*.html"))
         assert len(pages) == 5
         assert_pages_work(pages, binary)  # each opens offline in a browser: text, images decode, no request out
-
-
-@pytest.mark.slow
-@needs_mirror
-def test_snakemake_runs_the_smoke_pipeline_then_has_nothing_to_do(tmp_path: Path):
-    project = _project_copy(tmp_path, OWN_MODEL)
-    snakemake = [sys.executable, "-m", "snakemake", "--cores", "2"]
-    _run(snakemake, project)
-    _check_outputs(project)
-    assert (project / "results/runs/lm/06-gpt-1l-adamw.mine/summary.json").exists()
-    dry = _run(snakemake + ["-n"], project)
-    assert "Nothing to be done" in dry.stdout + dry.stderr
-
-
-@pytest.mark.slow
-@needs_mirror
-def test_dvc_repro_runs_the_smoke_pipeline_then_is_up_to_date(tmp_path: Path):
-    project = _project_copy(tmp_path)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
-    _run(["git", "init", "-q"], project)
-    _run(["git", "add", "-A"], project)
-    _run(git + ["commit", "-qm", "project copy"], project)
-    venv_bin = str(Path(sys.executable).parent)
-    dvc = [str(Path(venv_bin) / "dvc")]
-    env_path = f"{venv_bin}:{os.environ['PATH']}"
-    done = subprocess.run(dvc + ["repro"], cwd=project, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PATH": env_path})
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    _check_outputs(project)
-    status = subprocess.run(dvc + ["status"], cwd=project, capture_output=True, text=True,
-                            env={**os.environ, "PATH": env_path})
-    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, needs_mirror
-from test_pipeline import _check_outputs, _project_copy, _run
+from test_pipeline import OWN_MODEL, _check_outputs, _project_copy, _run
 from tdiag import config, plan
 from tdiag.cli import OVERRIDES_ENV, env_overrides
 from tdiag.config import ConfigError
@@ -115,8 +115,9 @@ def _training_mid_run(project: Path) -> Path | None:
 def killed_then_finished(tmp_path_factory) -> tuple[Path, Path]:
     """The tiny project after `snakemake --cores 2` was killed with SIGKILL (its whole
     process group) while a training job ran, then run again with the same plain command;
-    with the run folder that was killed mid-training."""
-    project = _project_copy(tmp_path_factory.mktemp("killed"))
+    with the run folder that was killed mid-training. The example GPT is trained beside
+    the lm study's GPT run (`OWN_MODEL`)."""
+    project = _project_copy(tmp_path_factory.mktemp("killed"), OWN_MODEL)
     command = SNAKEMAKE + ["--cores", "2"]
     first = subprocess.Popen(command, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
@@ -136,7 +137,8 @@ def killed_then_finished(tmp_path_factory) -> tuple[Path, Path]:
 @needs_mirror
 def test_a_killed_run_is_finished_by_the_plain_command(killed_then_finished):
     project, killed_run = killed_then_finished
-    _check_outputs(project)
+    assert (project / "results/runs/lm/06-gpt-1l-adamw.mine/summary.json").exists()
+    _check_outputs(project)  # every study's page, the own model's section, each page in a browser
     seed = json.loads((killed_run / "summary.json").read_text())["per_seed"][0]
     assert seed["status"] == "completed" and seed["resumed_from"][0] > 0, "training resumes from its checkpoint"
     assert _dry_run(project) == {}

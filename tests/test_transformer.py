@@ -231,26 +231,53 @@ def test_tied_projections_start_equal_and_train_apart(tie, tied, apart):
     model = model_of(tiny(init=InitConfig(tie=tie))).train()
     blocks = attention_blocks(model)
     assert len(blocks) == 2 + 2 * 2
+
+    def part(attn, name):
+        weight, bias = attn.w_qkv.part(name)
+        return weight.detach().clone(), bias.detach().clone()
+
     for attn in blocks:
+        w_q, b_q = part(attn, "w_q")
         for name in tied:
-            w = getattr(attn, name)
-            assert torch.equal(attn.w_q.weight, w.weight) and torch.equal(attn.w_q.bias, w.bias)
-            assert attn.w_q.weight is not w.weight and attn.w_q.bias is not w.bias
+            weight, bias = part(attn, name)
+            assert torch.equal(w_q, weight) and torch.equal(b_q, bias)
         for name in apart:
-            assert not torch.equal(attn.w_q.weight, getattr(attn, name).weight)
+            assert not torch.equal(w_q, part(attn, name)[0])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model(tokens(2, 5), tokens(2, 4, seed=2)).pow(2).mean().backward()
     optimizer.step()
     for attn in blocks:
+        w_q, b_q = part(attn, "w_q")
         for name in tied:
-            assert not torch.equal(attn.w_q.weight, getattr(attn, name).weight)
-            assert not torch.equal(attn.w_q.bias, getattr(attn, name).bias)
+            weight, bias = part(attn, name)
+            assert not torch.equal(w_q, weight) and not torch.equal(b_q, bias)
+
+
+def test_packed_projections_are_each_a_xavier_d_by_d_matrix():
+    """W_Q, W_K, W_V share one (3d, d) parameter but each is initialised as the d x d
+    projection it is: Xavier's bound is sqrt(6 / 2d), not the packed shape's sqrt(6 / 4d)."""
+    d = 64
+    model = model_of(tiny(d_model=d, n_heads=2), dtype=torch.float32)
+    bound = math.sqrt(6 / (2 * d))
+    for attn in attention_blocks(model):
+        assert attn.w_qkv.weight.shape == (3 * d, d)
+        for name in ("w_q", "w_k", "w_v"):
+            weight, bias = attn.w_qkv.part(name)
+            assert weight.abs().max() <= bound and (bias == 0).all()
+            assert weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1)
+
+
+def test_self_attention_in_one_product_equals_three_separate_projections():
+    attn = attention_blocks(model_of(tiny()))[0]
+    x = torch.randn(2, 5, attn.w_o.in_features, dtype=torch.float64)
+    pad = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    torch.testing.assert_close(attn(x, x, pad), attn(x, x.clone(), pad), rtol=0, atol=1e-12)  # packed vs split
 
 
 def test_zero_wo():
     for attn in attention_blocks(model_of(tiny(init=InitConfig(zero_wo=True)))):
         assert (attn.w_o.weight == 0).all() and (attn.w_o.bias == 0).all()
-        assert (attn.w_v.weight != 0).any()
+        assert (attn.w_qkv.part("w_v")[0] != 0).any()
     for attn in attention_blocks(model_of(tiny())):
         assert (attn.w_o.weight != 0).any()
 

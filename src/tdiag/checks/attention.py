@@ -1,8 +1,11 @@
 """Checks of the attention modules a model exposes, against the paper and a reference.
 
 An attention module "exposes" itself by the layout of tdiag's `MultiHeadAttention`
-(models/attention.py): `nn.Linear` projections `w_q`, `w_k`, `w_v`, `w_o` of d x d with
-bias, an int `n_heads`, and `forward(x_q, x_kv, key_padding_mask=None, causal=False)`
+(models/attention.py): an int `n_heads`, an `nn.Linear` output projection `w_o` of d x d
+with bias, the query, key and value projections either as `nn.Linear`s `w_q`, `w_k`,
+`w_v` of d x d with bias or packed as `w_qkv`, a module whose `weight` (3d x d) and
+`bias` (3d) hold W_Q, W_K and W_V in that order (tdiag's own `PackedProjection`, or an
+`nn.Linear(d, 3 * d)`), and `forward(x_q, x_kv, key_padding_mask=None, causal=False)`
 with `key_padding_mask` True at padding. Models without such modules (an LSTM) skip
 these checks.
 """
@@ -22,12 +25,24 @@ PARITY_TOLERANCE = 1e-9
 float64: the two compute the same sums in different orders (about 1e-15 relative)."""
 
 
+def _in_projection(m: nn.Module) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """W_Q, W_K, W_V stacked (3d x d) and their biases (3d), from either layout; None if
+    `m` has neither."""
+    if all(isinstance(getattr(m, p, None), nn.Linear) for p in ("w_q", "w_k", "w_v")):
+        return (torch.cat([m.w_q.weight, m.w_k.weight, m.w_v.weight]),
+                torch.cat([m.w_q.bias, m.w_k.bias, m.w_v.bias]))
+    packed = getattr(m, "w_qkv", None)
+    weight, bias = getattr(packed, "weight", None), getattr(packed, "bias", None)
+    if isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor) and weight.dim() == 2:
+        return weight, bias
+    return None
+
+
 def _exposed(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    names = ("w_q", "w_k", "w_v", "w_o")
     return [
         (name, m) for name, m in model.named_modules()
-        if isinstance(getattr(m, "n_heads", None), int)
-        and all(isinstance(getattr(m, p, None), nn.Linear) for p in names)
+        if isinstance(getattr(m, "n_heads", None), int) and isinstance(getattr(m, "w_o", None), nn.Linear)
+        and _in_projection(m) is not None
     ]
 
 
@@ -44,7 +59,7 @@ def attention_parameters(subject: Subject) -> Optional[CheckResult]:
         return None
     worst, where, d_worst = 0, modules[0][0], 0
     for name, m in modules:
-        d = m.w_q.in_features
+        d = m.w_o.in_features
         off = sum(p.numel() for p in m.parameters()) - 4 * d * (d + 1)
         if abs(off) > abs(worst):
             worst, where, d_worst = off, name, d
@@ -57,11 +72,12 @@ def attention_parameters(subject: Subject) -> Optional[CheckResult]:
 
 def _reference(m: nn.Module) -> nn.MultiheadAttention:
     """torch's MultiheadAttention holding `m`'s weights."""
-    d = m.w_q.in_features
+    d = m.w_o.in_features
     ref = nn.MultiheadAttention(d, m.n_heads, batch_first=True, dtype=torch.float64)
+    weight, bias = _in_projection(m)
     with torch.no_grad():
-        ref.in_proj_weight.copy_(torch.cat([m.w_q.weight, m.w_k.weight, m.w_v.weight]))
-        ref.in_proj_bias.copy_(torch.cat([m.w_q.bias, m.w_k.bias, m.w_v.bias]))
+        ref.in_proj_weight.copy_(weight)
+        ref.in_proj_bias.copy_(bias)
         ref.out_proj.weight.copy_(m.w_o.weight)
         ref.out_proj.bias.copy_(m.w_o.bias)
     return ref.eval()
@@ -73,7 +89,7 @@ def _parity(m: nn.Module, generator: torch.Generator) -> float:
     self-attention, and cross-attention over a padded memory of another length."""
     m = copy.deepcopy(m).to(torch.float64).eval()
     ref = _reference(m)
-    d = m.w_q.in_features
+    d = m.w_o.in_features
     x = torch.randn(2, 5, d, generator=generator, dtype=torch.float64)
     memory = torch.randn(2, 7, d, generator=generator, dtype=torch.float64)
     pad5 = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])

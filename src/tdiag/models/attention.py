@@ -144,8 +144,55 @@ class KVCache:
         return out
 
 
+PROJECTIONS = ("w_q", "w_k", "w_v")
+"""The parts of `PackedProjection`, in the order its rows hold them."""
+
+
+class PackedProjection(nn.Module):
+    """W_Q, W_K and W_V of one attention block (each d x d with bias) packed as the rows of
+    one (3d, d) weight and one (3d,) bias, so self-attention projects its queries, keys
+    and values with one matrix product (as torch.nn.MultiheadAttention's `in_proj_weight`).
+
+    The three stay three projections: `part(name)` is a view of one of them, initialised
+    and tied at init one by one (models/init.py), and an element-wise optimizer trains
+    the rows of each apart, exactly as it would three separate parameters. Cross-attention
+    takes W_Q's rows for the queries and W_K and W_V's for the memory.
+    """
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.d_model = d_model
+        self.weight = nn.Parameter(torch.empty(3 * d_model, d_model))
+        self.bias = nn.Parameter(torch.empty(3 * d_model))
+        for name in PROJECTIONS:  # nn.Linear's default, per part; models/init.py sets the scheme
+            weight, bias = self.part(name)
+            with torch.no_grad():
+                nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+                nn.init.uniform_(bias, -1 / math.sqrt(d_model), 1 / math.sqrt(d_model))
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, parts={', '.join(PROJECTIONS)}"
+
+    def part(self, name: str) -> tuple[Tensor, Tensor]:
+        """The (d, d) weight and (d,) bias of one projection: views into the packed parameters."""
+        rows = slice(PROJECTIONS.index(name) * self.d_model, (PROJECTIONS.index(name) + 1) * self.d_model)
+        return self.weight[rows], self.bias[rows]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, T, d) -> its queries, keys and values side by side (B, T, 3d)."""
+        return F.linear(x, self.weight, self.bias)
+
+    def queries(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight[: self.d_model], self.bias[: self.d_model])
+
+    def keys_values(self, x: Tensor) -> Tensor:
+        """x (B, T, d) -> its keys and values side by side (B, T, 2d)."""
+        return F.linear(x, self.weight[self.d_model :], self.bias[self.d_model :])
+
+
 class MultiHeadAttention(nn.Module):
-    """h heads of width d_k = d_model / h; projections W_Q, W_K, W_V, W_O, each d x d with bias."""
+    """h heads of width d_k = d_model / h; projections W_Q, W_K, W_V (packed in `w_qkv`,
+    see `PackedProjection`) and W_O, each d x d with bias."""
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, backend: Backend = "sdpa"):
         super().__init__()
@@ -157,9 +204,7 @@ class MultiHeadAttention(nn.Module):
         self.d_k = d_model // n_heads
         self.dropout = dropout
         self.backend = backend
-        self.w_q = nn.Linear(d_model, d_model)
-        self.w_k = nn.Linear(d_model, d_model)
-        self.w_v = nn.Linear(d_model, d_model)
+        self.w_qkv = PackedProjection(d_model)
         self.w_o = nn.Linear(d_model, d_model)
 
     def extra_repr(self) -> str:
@@ -169,10 +214,14 @@ class MultiHeadAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.n_heads, self.d_k).transpose(1, 2)  # (B, h, T, d_k)
 
+    def _keys_values(self, x_kv: Tensor) -> tuple[Tensor, Tensor]:
+        k, v = self.w_qkv.keys_values(x_kv).chunk(2, dim=-1)
+        return self._split_heads(k), self._split_heads(v)  # (B, h, T_k, d_k) each
+
     def memory_cache(self, memory: Tensor) -> KVCache:
         """The keys and values of `memory` (N, S, d), projected once for cross-attention
         over it at every decoding step."""
-        return KVCache.of_memory(self._split_heads(self.w_k(memory)), self._split_heads(self.w_v(memory)))
+        return KVCache.of_memory(*self._keys_values(memory))
 
     def forward(
         self,
@@ -190,16 +239,19 @@ class MultiHeadAttention(nn.Module):
         attends over every position it holds; with `causal`, x_q is then either the whole
         prefix into an empty cache or one new position, which may see every cached key. A
         fixed (memory) cache supplies the keys and values, and x_kv is not read.
+        Self-attention (`x_kv is x_q`) projects queries, keys and values in one product.
         """
         b, t_q, d = x_q.shape
-        q = self._split_heads(self.w_q(x_q))  # (B, h, T_q, d_k)
-        if cache is not None and cache.fixed:
-            k, v = cache.k, cache.v  # (B, h, T_k, d_k), projected once
+        if x_kv is x_q and not (cache is not None and cache.fixed):
+            q, k, v = (self._split_heads(part) for part in self.w_qkv(x_q).chunk(3, dim=-1))
         else:
-            k = self._split_heads(self.w_k(x_kv))  # (B, h, T_k, d_k)
-            v = self._split_heads(self.w_v(x_kv))  # (B, h, T_k, d_k)
-            if cache is not None:
-                k, v = cache.append(k, v)  # (B, h, T_k, d_k): every position so far
+            q = self._split_heads(self.w_qkv.queries(x_q))  # (B, h, T_q, d_k)
+            if cache is not None and cache.fixed:
+                k, v = cache.k, cache.v  # (B, h, T_k, d_k), projected once
+            else:
+                k, v = self._keys_values(x_kv)  # (B, h, T_k, d_k)
+        if cache is not None and not cache.fixed:
+            k, v = cache.append(k, v)  # (B, h, T_k, d_k): every position so far
         t_k = k.size(2)
         if causal and cache is not None and t_q < t_k:
             if t_q > 1:

@@ -1,8 +1,9 @@
 """Named initialisation schemes (`InitConfig`), applied once to a freshly built model.
 
 Baseline, as in the annotated transformer's reading of Vaswani et al. 2017: every Linear
-gets Xavier-uniform weights (Glorot & Bengio 2010) and zero biases; LayerNorm keeps its
-unit gain and zero shift.
+gets Xavier-uniform weights (Glorot & Bengio 2010) and zero biases, and so does each of
+W_Q, W_K and W_V, as the d x d projection it is, though an attention block packs them
+into one parameter (`PackedProjection`); LayerNorm keeps its unit gain and zero shift.
 
 The options:
 
@@ -17,8 +18,9 @@ The options:
   'none'; 'qk', W_K starts as a copy of W_Q; 'qkv', W_K and W_V both start as copies of
   W_Q. With W_K = W_Q the initial scores x W W^T y^T come from a positive semi-definite
   form, so a token starts out favouring keys like itself (cf. the mimetic
-  initialisation of Trockman & Kolter 2023). The copies stay separate parameters and
-  train apart. These are the tying combinations the toy study's reference compared.
+  initialisation of Trockman & Kolter 2023). The copies are separate rows of the packed
+  parameter and train apart, as separate parameters would under an element-wise
+  optimizer. These are the tying combinations the toy study's reference compared.
 - `zero_wo`: W_O weight and bias start at zero, so every attention sublayer adds nothing
   to the residual stream at step 0 (in the spirit of Fixup, Zhang et al. 2019, and
   ReZero, Bachlechner et al. 2020).
@@ -32,7 +34,7 @@ import torch
 from torch import nn
 
 from tdiag.config import InitConfig
-from tdiag.models.attention import MultiHeadAttention
+from tdiag.models.attention import PROJECTIONS, MultiHeadAttention, PackedProjection
 
 TOKEN_STD: dict[str, Callable[[int], float]] = {
     "one": lambda d_model: 1.0,
@@ -40,7 +42,7 @@ TOKEN_STD: dict[str, Callable[[int], float]] = {
 }
 
 TIED: dict[str, tuple[str, ...]] = {"none": (), "qk": ("w_k",), "qkv": ("w_k", "w_v")}
-"""`tie` -> the projections (MultiHeadAttention attributes) that start as copies of W_Q."""
+"""`tie` -> the projections (`PackedProjection` parts) that start as copies of W_Q."""
 
 
 def init_weights(
@@ -55,11 +57,17 @@ def init_weights(
     Linear layers and attention blocks are found by type; the model names its token and
     learned-position tables, since both are plain `nn.Embedding`s.
     """
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            nn.init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+    with torch.no_grad():
+        for module in model.modules():
+            weights = []
+            if isinstance(module, nn.Linear):
+                weights = [(module.weight, module.bias)]
+            elif isinstance(module, PackedProjection):  # W_Q, W_K, W_V in turn, each d x d
+                weights = [module.part(name) for name in PROJECTIONS]
+            for weight, bias in weights:
+                nn.init.xavier_uniform_(weight)
+                if bias is not None:
+                    nn.init.zeros_(bias)
     token_std = TOKEN_STD[init.embedding_std](d_model)
     for table in tokens:
         nn.init.normal_(table.weight, std=token_std)
@@ -69,9 +77,11 @@ def init_weights(
         for module in model.modules():
             if not isinstance(module, MultiHeadAttention):
                 continue
+            w_q, b_q = module.w_qkv.part("w_q")
             for name in TIED[init.tie]:
-                getattr(module, name).weight.copy_(module.w_q.weight)
-                getattr(module, name).bias.copy_(module.w_q.bias)
+                weight, bias = module.w_qkv.part(name)
+                weight.copy_(w_q)
+                bias.copy_(b_q)
             if init.zero_wo:
                 module.w_o.weight.zero_()
                 module.w_o.bias.zero_()
