@@ -93,14 +93,14 @@ def test_each_stage_tracks_only_the_keys_it_reads():
 # ---------------------------------------------------------------------- real DVC
 
 
-def _run(cmd: list[str], cwd: Path) -> str:
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900, env=ENV)
+def _run(cmd: list[str], cwd: Path, timeout: int = 900) -> str:
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout + done.stderr
 
 
-def _dvc(*args: str, cwd: Path) -> str:
-    return _run([str(BIN / "dvc"), *args], cwd)
+def _dvc(*args: str, cwd: Path, timeout: int = 900) -> str:
+    return _run([str(BIN / "dvc"), *args], cwd, timeout)
 
 
 def _ran(output: str) -> set[str]:
@@ -136,7 +136,7 @@ def built(tmp_path_factory) -> Path:
     _run(["git", "init", "-q"], project)
     _run(["git", "add", "-A"], project)
     _run(GIT + ["commit", "-qm", "project"], project)
-    _dvc("repro", cwd=project)
+    _dvc("repro", cwd=project, timeout=2400)  # every stage, one at a time: 9 min alone on 2 cores
     _run(["git", "add", "dvc.lock"], project)
     _run(GIT + ["commit", "-qm", "dvc.lock"], project)
     return project

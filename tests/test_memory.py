@@ -38,6 +38,25 @@ def test_saved_bytes_count_each_storage_once_and_no_parameter():
     assert meter.end_step()["saved_bytes"] == a.nbytes + b.nbytes == 800
 
 
+def test_a_micro_batch_shape_is_measured_once_then_its_count_reused():
+    model = nn.Linear(4, 4)
+    meter = meter_of(model)
+    x = torch.ones(1, requires_grad=True)
+
+    def step(micro, saved_size: int) -> int:
+        with meter.micro_batch(micro):
+            out = SavesGiven.apply(x, torch.zeros(saved_size))
+        out.sum().backward()
+        return meter.end_step()["saved_bytes"]
+
+    first = (torch.zeros(8, 5, dtype=torch.long), torch.zeros(8, 6, dtype=torch.long))
+    assert step(first, 100) == 400
+    same_shape = (torch.ones(8, 5, dtype=torch.long), torch.ones(8, 6, dtype=torch.long))
+    assert step(same_shape, 50) == 400, "a shape seen before is not hooked again: its count is reused"
+    assert step((torch.zeros(8, 7, dtype=torch.long), first[1]), 50) == 200, "a new shape is measured"
+    assert step(None, 30) == step(None, 20) + 40, "what has no shape is measured every time"
+
+
 def test_a_step_records_its_largest_micro_batch_and_the_peak_adds_up_its_parts():
     model = nn.Linear(4, 4)
     optimizer = torch.optim.Adam(model.parameters())

@@ -108,6 +108,7 @@ def test_block_and_final_layer_norm_gradients(arch, norm):
     expected = {f"grad_norm/{name}": grad_norm(block.parameters()) for name, block in blocks.items()}
     expected["final_ln/weight_norm"] = float(final.weight.detach().norm())
     expected["final_ln/grad_norm"] = float(final.weight.grad.norm())
+    expected["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))  # the global one
     measured = as_floats(gradients.measure())
     assert measured == pytest.approx(expected, rel=1e-5)
     assert measured["final_ln/grad_norm"] > 0
@@ -120,6 +121,7 @@ def test_lstm_gradient_norms_per_layer_and_no_final_layer_norm():
     rnn = dict(model.rnn.named_parameters())
     expected = {f"grad_norm/layer.{i}": grad_norm(p for name, p in rnn.items() if name.endswith(f"_l{i}"))
                 for i in (0, 1)}
+    expected["grad_norm"] = grad_norm(model.parameters())
     assert as_floats(gradients.measure()) == pytest.approx(expected, rel=1e-5)
 
 

@@ -321,6 +321,10 @@ class ModelConfig(Frozen):
 # ----------------------------------------------------------------------- training
 
 
+CompileMode = Literal["off", "default", "max-autotune-no-cudagraphs"]
+"""`train.compile`'s values (train/compiling.py says why the CUDA graph modes are not among them)."""
+
+
 class TrainConfig(Frozen):
     optimizer: Literal["sgd", "momentum", "adam", "adamw"] = "adam"
     lr: Annotated[float, Field(gt=0)] = 1.0
@@ -357,6 +361,11 @@ class TrainConfig(Frozen):
     support): 'stop' refuses the run with a one-line error; 'record' finishes it untrained
     with `status: unsupported` and the reason (train/unsupported.py), so a study's other
     runs go on. Either way the run never trains in another precision."""
+    compile: CompileMode = Field(
+        default="off", exclude_if=lambda value: value == "off")
+    """The training forward through torch.compile in this mode, or eager (train/compiling.py).
+    YAML reads a bare `off` as false and `on` as true: false is 'off', true 'default'.
+    Left out of a dump while off, so runs configured before it existed keep their digests."""
     eval_every: Optional[Annotated[int, Field(ge=1, le=MAX_STEPS)]] = 100
     """Steps between evaluations; null: at the end of every epoch. A run sized in `epochs`
     counts them from each epoch's start and is evaluated at each epoch's end as well
@@ -364,6 +373,11 @@ class TrainConfig(Frozen):
     eval_examples: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] = 500
     checkpoint_every: Annotated[int, Field(ge=1, le=MAX_STEPS)] = 100
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_switch(cls, value: Any) -> Any:
+        return {False: "off", True: "default"}[value] if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":

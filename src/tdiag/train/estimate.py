@@ -21,10 +21,12 @@ from tdiag.config import Config
 from tdiag.data.kinds import kind_of
 from tdiag.models import build_model
 from tdiag.train.loop import Watch, evaluates_after, read_meta, train_step
+from tdiag.train.compiling import compiled
 from tdiag.train.optim import build_optimizer
 
 WARMUP_STEPS = 3
-"""Steps before the timed ones (allocator, kernel selection, caches)."""
+"""Steps before the timed ones (allocator, kernel selection, caches, and with
+`train.compile` the compiling, which the estimate leaves out)."""
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,9 @@ def estimate_run(cfg: Config, study: str, run: str, device: torch.device, root: 
     scaler = torch.amp.GradScaler(device.type) if tc.precision == "fp16" else None
     watch = Watch(model, optimizer, device)  # a step's measurements are part of its time
     model.train()
+    trained = compiled(model, tc.compile)
     times = [
-        train_step(model, optimizer, scaler, workload, tc, step, device, watch)["step_time"]
+        train_step(trained, optimizer, scaler, workload, tc, step, device, watch)["step_time"]
         for step in range(1, WARMUP_STEPS + probe_steps + 1)
     ][WARMUP_STEPS:]
     watch.remove()

@@ -37,6 +37,7 @@ from tdiag.errors import UserError
 from tdiag.stage import TRAINING, code_digest
 from tdiag.models import build_model
 from tdiag.train import checkpoint, curves, distributed, grad_quality, logs, memory_estimate, unsupported
+from tdiag.train.compiling import compiled
 from tdiag.train.checkpoint import TrainState
 from tdiag.train.distributed import Group
 from tdiag.train.logs import log
@@ -254,7 +255,7 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
         atomic.write_json(files.config, {**_provenance(cfg, rc, files, choice, model, workload),
                                          "config_digest": digest})
         atomic.write_jsonl(files.metrics, state.records)  # drops records past the checkpoint
-    trained = distributed.wrap(model, group, device)
+    trained = compiled(distributed.wrap(model, group, device), tc.compile)  # evaluations run `model`
     started = time.perf_counter() - state.elapsed_seconds
     watch = Watch(model, optimizer, device, [r for r in state.records if r["kind"] == "train"])
 
@@ -275,6 +276,9 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
              state.step + 1, total_steps, choice.description, workload.steps_per_epoch,
              evaluation_cadence(tc, workload.steps_per_epoch), tc.checkpoint_every,
              "; first evaluating the untrained model" if state.step == 0 else "")
+    if tc.compile != "off":
+        log.info("the training forward is compiled (torch.compile, mode %s): the first steps' times include "
+                 "compiling it", tc.compile)
     progress = logs.Progress(state.step, total_steps, every=progress_every,
                              terminal=group.writer and logs.on_terminal())
     with progress, (open(files.metrics, "a") if group.writer else contextlib.nullcontext()) as metrics_file:
@@ -408,9 +412,9 @@ class Watch:
         self.gradients = GradientNorms(model)
 
     @contextlib.contextmanager
-    def forward(self):
-        """Around one micro-batch's training forward (not its backward, which may recompute)."""
-        with self.memory.micro_batch(), self.activations.recording():
+    def forward(self, micro):
+        """Around the training forward of micro-batch `micro` (not its backward, which may recompute)."""
+        with self.memory.micro_batch(micro), self.activations.recording():
             yield
 
     def remove(self) -> None:
@@ -420,10 +424,15 @@ class Watch:
 def train_step(model, optimizer, scaler, workload: Workload, tc, step: int, device, watch: Watch,
                group: Group = distributed.SINGLE) -> dict:
     """One optimizer step over `batch_size` examples split into `micro_batches` chunks
-    (on each of the `group`'s processes, its share of them: train/distributed.py)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    began = time.perf_counter()
+    (on each of the `group`'s processes, its share of them: train/distributed.py).
+
+    Nothing here waits for the device but the one transfer of the step's measures (loss,
+    norms) at its end, which also times it: the loss, the gradient norms and the
+    activation norms stay on the device until then. A step whose loss is not finite is
+    applied like any other: the loop stops the seed as diverged right after it, and
+    saves nothing of it. (fp16's grad scaler reads its own inf check on the host.)
+    """
+    began = time.perf_counter()  # the device is idle: the last step's transfer waited for it
     batch = workload.train_batch(step, tc.seed)
     own = group.own_micro_batches(batch.micro, tc.micro_batches)
     loss_total = torch.zeros((), device=device)
@@ -431,7 +440,7 @@ def train_step(model, optimizer, scaler, workload: Workload, tc, step: int, devi
         # DDP reduces gradients on the last micro-batch's backward only.
         accumulating = model.no_sync() if group.active and i < len(own) - 1 else contextlib.nullcontext()
         with accumulating:
-            with _autocast(device, tc.precision), watch.forward():
+            with _autocast(device, tc.precision), watch.forward(micro):
                 loss = workload.loss(model, micro, batch.n_tokens, tc.label_smoothing)
             if group.rank * tc.micro_batches + i in batch.fillers:
                 loss = loss * 0.0  # a part with no example: it runs, and adds nothing
@@ -442,29 +451,24 @@ def train_step(model, optimizer, scaler, workload: Workload, tc, step: int, devi
     if scaler:
         scaler.unscale_(optimizer)
     gradient_norms = watch.gradients.measure()  # before clipping
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm or float("inf"))
-    loss_value = float(loss_total)
+    if tc.clip_grad_norm:
+        torch.nn.utils.clip_grads_with_norm_(model.parameters(), tc.clip_grad_norm, gradient_norms["grad_norm"])
     lr = optimizer.param_groups[0]["lr"]
-    if math.isfinite(loss_value):
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    norms = as_floats({**gradient_norms, **watch.activations.pop()})
+    measures = as_floats({"loss": loss_total, **gradient_norms, **watch.activations.pop()})  # the one transfer
     memory = watch.memory.end_step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
     return {
         "kind": "train",
         "step": step,
-        "loss": loss_value,
         "lr": lr,
-        "grad_norm": float(grad_norm),
+        **measures,
         "step_time": time.perf_counter() - began,
         **batch.stats,
-        **norms,
         **memory,
     }
 

@@ -124,36 +124,39 @@ def _activation_points(model: nn.Module) -> dict[str, nn.Module]:
 
 
 class GradientNorms:
-    """Per block, the L2 norm of its parameters' gradients, and the final LayerNorm's gain.
+    """The global L2 norm of the gradients, per block the norm of its parameters'
+    gradients, and the final LayerNorm's gain.
 
-    The norm-placement study (Xiong et al. 2020, On Layer Normalization in the
-    Transformer Architecture: post-LN's gradients near the output are large at
-    initialisation, hence its warm-up) reads, per step and before clipping,
+    `grad_norm` is the norm of every parameter's gradient together, the one clipping
+    reads (`clip_grad_norm_`'s). The norm-placement study (Xiong et al. 2020, On Layer
+    Normalization in the Transformer Architecture: post-LN's gradients near the output
+    are large at initialisation, hence its warm-up) reads, per step and before clipping,
     `grad_norm/<block>` for each block of `blocks` (for the LSTM, each layer's
     `weight_*_l<i>`/`bias_*_l<i>` as `layer.i`), and `final_ln/weight_norm` and
     `final_ln/grad_norm`: the norms of the gain (`weight`) of `final_layer_norm` and of
-    its gradient. One `_foreach_norm` over the grouped gradients; values stay on the
-    device until `as_floats`.
+    its gradient. All from one `_foreach_norm` over every gradient; values stay on the
+    device until `as_floats`, so measuring costs no host synchronisation.
     """
 
     def __init__(self, model: nn.Module):
         groups = _gradient_groups(model)
         self._names = [f"grad_norm/{name}" for name in groups]
-        self._parameters = [p for params in groups.values() for p in params]
-        device = next(model.parameters()).device
-        self._group = torch.tensor([i for i, params in enumerate(groups.values()) for _ in params],
+        in_blocks = {id(p): i for i, params in enumerate(groups.values()) for p in params}
+        self._parameters = list(model.parameters())  # a tied weight once
+        device = self._parameters[0].device
+        # Each parameter's bucket: its block, or the last one (outside every block).
+        self._group = torch.tensor([in_blocks.get(id(p), len(groups)) for p in self._parameters],
                                    dtype=torch.long, device=device)
         self._zero = torch.zeros((), device=device)
         self._final = final_layer_norm(model)
 
     def measure(self) -> dict[str, torch.Tensor]:
         """The norms of the gradients as they are now (call before clipping), as 0-dim tensors."""
-        out = {}
-        if self._parameters:
-            norms = torch._foreach_norm([self._grad(p) for p in self._parameters])
-            squares = torch.stack([n.float() for n in norms]).square()
-            by_group = squares.new_zeros(len(self._names)).index_add_(0, self._group, squares).sqrt()
-            out.update(zip(self._names, by_group.unbind()))
+        norms = torch._foreach_norm([self._grad(p) for p in self._parameters])
+        squares = torch.stack([n.float() for n in norms]).square()
+        out = {"grad_norm": squares.sum().sqrt()}
+        by_group = squares.new_zeros(len(self._names) + 1).index_add_(0, self._group, squares).sqrt()
+        out.update(zip(self._names, by_group[:-1].unbind()))
         if self._final is not None:
             out["final_ln/weight_norm"] = self._final.weight.detach().float().norm()
             out["final_ln/grad_norm"] = self._grad(self._final.weight).float().norm()
