@@ -8,6 +8,12 @@ copy task with 4 content symbols over 17. Every model trains on the same batches
 held-out sequences every `--eval-every` steps (default 10).
 
     python benchmarks/copy_task.py [--threads 2] [--seeds 3] [--d-ff 256] [--max-steps 3000] [--eval-every 10]
+                                   [--models torch.nn.Transformer ours-sdpa ours-sdpa:compiled ...]
+
+A model name ending in `:compiled` trains its forward through `torch.compile` (TorchInductor's
+default mode, as `train.compile: default` does; train/compiling.py), evaluates eagerly, and
+its first steps' times (the compiling) are left out of its median like everyone's warm-up.
+Both sides get the same optimizer (the project's, torch's fused Adam).
 
 Prints one line per (model, seed) and a median summary per model.
 """
@@ -28,6 +34,7 @@ from tdiag.data.batching import batch_indices, pad
 from tdiag.data.synthetic import generate
 from tdiag.devices import peak_memory_bytes
 from tdiag.models import build_model, decoding
+from tdiag.train.compiling import compiled
 from tdiag.train.metrics import exact_match
 from tdiag.train.optim import build_optimizer, build_scheduler
 
@@ -81,7 +88,12 @@ class TorchTransformer(nn.Module):
 INIT_CHOICES = InitConfig(tie="qk", zero_wo=True, embedding_std="one")
 
 
+WARMUP_STEPS = 5
+"""Untimed first steps (allocations; with `:compiled`, the compiling)."""
+
+
 def build(name: str, d_ff: int, vocab: int) -> nn.Module:
+    name = name.removesuffix(":compiled")
     if name == "torch.nn.Transformer":
         return TorchTransformer(64, d_ff, vocab)
     attention = "sdpa" if "sdpa" in name else "manual"
@@ -106,17 +118,19 @@ def run(name: str, seed: int, args, splits) -> dict:
     tc = TrainConfig(lr=1.0, warmup_steps=400, schedule="noam", max_steps=args.max_steps, clip_grad_norm=None)
     optimizer = build_optimizer(model.parameters(), tc)
     scheduler = build_scheduler(optimizer, tc, 64)
+    forward = compiled(model, "default") if name.endswith(":compiled") else model
     times, solved_at = [], None
     for step in range(1, args.max_steps + 1):
         batch = train_src[batch_indices(len(train_src), 100, seed, step - 1)]
         began = time.perf_counter()
-        logits = model(batch, batch[:, :-1])
+        logits = forward(batch, batch[:, :-1])
         loss = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], ignore_index=PAD)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        times.append(time.perf_counter() - began)
+        if step > WARMUP_STEPS:
+            times.append(time.perf_counter() - began)
         if step % args.eval_every == 0:
             model.eval()
             predicted = greedy(model, valid_src, valid_src.shape[1] + 1)

@@ -10,6 +10,7 @@ backward and a plain SGD update through the project's own workload
 segments of the training split.
 
     python benchmarks/lm_throughput.py [--threads 2] [--steps 60] [--glibc-default]
+                                       [--dropout 0.2] [--clip 0.25]
                                        [--corpus ../shared/data/wikitext-2-mini]
                                        [--precision fp32 [bf16 ...]] [--peak-tflops T]
                                        [--large auto|yes|no] [--profile]
@@ -17,6 +18,11 @@ segments of the training split.
 Prints one line per model and precision. Peak memory is the process's peak resident
 memory on CPU (it only grows, so the second model's figure includes the first's), or
 the peak allocated GPU memory of that model's own run on CUDA.
+
+`--dropout P --clip C` make the step word_language_model's (its defaults: dropout 0.2 on
+the embeddings, between the LSTM layers and on its output, as ours places it; gradients
+clipped to norm 0.25 before the SGD update), for a comparison at an equal step; by
+default the models keep their configured dropout and nothing is clipped.
 
 Precision: `fp32` runs float32 matrix products in full float32 (TF32 off), `tf32` lets
 CUDA's matrix units take them in TF32, `bf16` runs the forward pass under bfloat16
@@ -56,6 +62,7 @@ from tdiag.devices import peak_memory_bytes
 from tdiag.models import build_model
 from tdiag.paths import prepared_dir
 from tdiag.train.language_model_workload import LanguageModelWorkload
+from tdiag.train.optim import build_optimizer
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -143,13 +150,13 @@ def precision_context(device: torch.device, precision: str):
 
 
 def measure(name: str, setup: Setup, folder: Path, meta: dict, steps: int, warmup: int, device,
-            precision: str = "fp32", profile: bool = False) -> dict:
+            precision: str = "fp32", profile: bool = False, clip: float | None = None) -> dict:
     train = TrainConfig(optimizer="sgd", lr=0.1, schedule="constant", warmup_steps=0, epochs=1, max_steps=None,
                         bptt=setup.bptt, batch_size=setup.batch_size, clip_grad_norm=None)
     workload = LanguageModelWorkload(folder, meta, train, device)
     torch.manual_seed(0)
     model = build_model(setup.model, *workload.vocab_sizes).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=train.lr)
+    optimizer = build_optimizer(model.parameters(), train)  # the project's: torch's fused SGD
     n_matmul = matmul_parameters(model)
     model.train()
     if device.type == "cuda":
@@ -161,6 +168,8 @@ def measure(name: str, setup: Setup, folder: Path, meta: dict, steps: int, warmu
         with precision_context(device, precision):
             loss = workload.loss(model, batch.micro[0], batch.n_tokens, 0.0)
         loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return batch.n_tokens, step_flops(setup.model, n_matmul, inputs.size(0), inputs.size(1))
@@ -214,6 +223,8 @@ def main() -> None:
                         help="leave glibc's malloc thresholds alone (the workload raises them; see devices.py)")
     parser.add_argument("--corpus", type=Path, default=Path("../shared/data/wikitext-2-mini"),
                         help="a folder with wiki.{train,valid,test}.tokens (default: the offline mirror)")
+    parser.add_argument("--dropout", type=float, default=None, help="every model's dropout (default: as configured)")
+    parser.add_argument("--clip", type=float, default=None, help="clip gradients to this global norm (default: no)")
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"],
                         help="one run of every model per precision (default: fp32)")
     parser.add_argument("--peak-tflops", type=float, default=None,
@@ -232,6 +243,9 @@ def main() -> None:
         devices.retain_freed_host_memory = lambda: False
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models = {name: (setup, args.steps) for name, setup in REFERENCE.items()}
+    if args.dropout is not None:
+        models = {name: (Setup(setup.model.model_copy(update={"dropout": args.dropout}), setup.batch_size, setup.bptt),
+                         steps) for name, (setup, steps) in models.items()}
     large = None
     if args.large == "yes" or (args.large == "auto" and device.type == "cuda"):
         large, setup = large_setup(args.large_layers, args.large_batch, args.large_seq)
@@ -241,7 +255,8 @@ def main() -> None:
         folder = Path(tmp) / prepared_dir("bench")
         gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
         print(f"device {device}{gpu}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-              f"vocabulary {meta['vocab_size']:,}, reference batch 20 x bptt 35 = 700 tokens per step")
+              f"vocabulary {meta['vocab_size']:,}, reference batch 20 x bptt 35 = 700 tokens per step, "
+              f"dropout {'as configured' if args.dropout is None else args.dropout}, clip {args.clip}")
         failed = False
         for precision in args.precision:
             peak, source = peak_tflops(device, precision, args.peak_tflops)
@@ -249,7 +264,7 @@ def main() -> None:
             for name, (setup, steps) in models.items():
                 profile = args.profile and precision == args.precision[-1] and name == large
                 try:
-                    r = measure(name, setup, folder, meta, steps, args.warmup, device, precision, profile)
+                    r = measure(name, setup, folder, meta, steps, args.warmup, device, precision, profile, args.clip)
                 except Exception:  # one model's failure (e.g. out of memory) must not hide the others' figures
                     traceback.print_exc()
                     print(f"{name:<28} [{precision}] FAILED: see the traceback above")
