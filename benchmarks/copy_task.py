@@ -5,9 +5,13 @@ Compares our from-scratch encoder-decoder (SDPA and hand-coded attention) with
 batch 100, dropout 0, Adam (betas 0.9/0.98, eps 1e-9), Noam schedule with warmup 400,
 copy task with 4 content symbols over 17. Every model trains on the same batches
 (the pipeline's seeded batch order) and is evaluated by greedy decoding on 500
-held-out sequences every `--eval-every` steps (default 10).
+held-out sequences every `--eval-every` steps (default 10) until it reproduces them all.
+The models of a seed train step by step in turn, each for at least `--min-steps` steps,
+so a busy stretch of a shared machine slows them alike; ms/step is the median step
+(forward, backward, optimizer, scheduler) after 5 warm-up steps.
 
     python benchmarks/copy_task.py [--threads 2] [--seeds 3] [--d-ff 256] [--max-steps 3000] [--eval-every 10]
+                                   [--min-steps 200]
                                    [--models torch.nn.Transformer ours-sdpa ours-sdpa:compiled ...]
 
 A model name ending in `:compiled` trains its forward through `torch.compile` (TorchInductor's
@@ -24,6 +28,7 @@ import argparse
 import math
 import statistics
 import time
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +37,6 @@ from torch import nn
 from tdiag.config import InitConfig, ModelConfig, SymbolTaskConfig, TrainConfig
 from tdiag.data.batching import batch_indices, pad
 from tdiag.data.synthetic import generate
-from tdiag.devices import peak_memory_bytes
 from tdiag.models import build_model, decoding
 from tdiag.train.compiling import compiled
 from tdiag.train.metrics import exact_match
@@ -110,7 +114,11 @@ def greedy(model: nn.Module, src: torch.Tensor, max_len: int) -> torch.Tensor:
     return decoding.greedy(model, src, max_len, GO, STOP)
 
 
-def run(name: str, seed: int, args, splits) -> dict:
+def trainer(name: str, seed: int, args, splits) -> Iterator[dict]:
+    """Train model `name`, one optimizer step per `next()`; each yields the record so far.
+
+    It trains at least `--min-steps` steps (so every model is timed over as many) and
+    goes on until exact match 1.0 or `--max-steps`."""
     torch.manual_seed(seed)
     train_src = pad([ex["src"] for ex in splits["train"]])
     valid_src = pad([ex["src"] for ex in splits["valid"]])
@@ -119,7 +127,7 @@ def run(name: str, seed: int, args, splits) -> dict:
     optimizer = build_optimizer(model.parameters(), tc)
     scheduler = build_scheduler(optimizer, tc, 64)
     forward = compiled(model, "default") if name.endswith(":compiled") else model
-    times, solved_at = [], None
+    record = {"model": name, "seed": seed, "times": [], "steps_to_exact_match_1": None}
     for step in range(1, args.max_steps + 1):
         batch = train_src[batch_indices(len(train_src), 100, seed, step - 1)]
         began = time.perf_counter()
@@ -130,19 +138,33 @@ def run(name: str, seed: int, args, splits) -> dict:
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         if step > WARMUP_STEPS:
-            times.append(time.perf_counter() - began)
-        if step % args.eval_every == 0:
+            record["times"].append(time.perf_counter() - began)
+        if record["steps_to_exact_match_1"] is None and step % args.eval_every == 0:
             model.eval()
             predicted = greedy(model, valid_src, valid_src.shape[1] + 1)
             model.train()
             if bool(exact_match(predicted, valid_src).all()):
-                solved_at = step
-                break
-    step_ms = 1000 * statistics.median(times)
-    return {
-        "model": name, "seed": seed, "ms_per_step": step_ms, "steps_to_exact_match_1": solved_at,
-        "tokens_per_s": 100 * 5 / (step_ms / 1000), "peak_rss_mib": peak_memory_bytes(torch.device("cpu")) / 2**20,
-    }
+                record["steps_to_exact_match_1"] = step
+        yield record
+        if record["steps_to_exact_match_1"] is not None and step >= args.min_steps:
+            return
+
+
+def run_seed(seed: int, args, splits) -> list[dict]:
+    """Every model of `--models` on one seed, step by step in turn, so that a busy
+    stretch of this shared machine slows them all alike."""
+    running = {name: trainer(name, seed, args, splits) for name in args.models}
+    records = {}
+    while running:
+        for name, steps in list(running.items()):
+            try:
+                records[name] = next(steps)
+            except StopIteration:
+                del running[name]
+    for record in records.values():
+        record["ms_per_step"] = 1000 * statistics.median(record.pop("times"))
+        record["tokens_per_s"] = 100 * 5 / (record["ms_per_step"] / 1000)
+    return [records[name] for name in args.models]
 
 
 def main() -> None:
@@ -152,6 +174,7 @@ def main() -> None:
     parser.add_argument("--d-ff", type=int, default=256)
     parser.add_argument("--max-steps", type=int, default=3000)
     parser.add_argument("--eval-every", type=int, default=10, help="steps between greedy evaluations")
+    parser.add_argument("--min-steps", type=int, default=200, help="steps every model is timed over, at least")
     parser.add_argument(
         "--models", nargs="+", default=["torch.nn.Transformer", "ours-sdpa", "ours-manual", "ours-sdpa+init"]
     )
@@ -160,19 +183,17 @@ def main() -> None:
     splits, _, _ = generate(SymbolTaskConfig(task="copy", n_train=20000, n_valid=500, n_test=1, seed=1))
     print(f"threads {args.threads}, d_ff {args.d_ff}, torch {torch.__version__}")
     results = []
-    # Models interleaved per seed, so a slow stretch of the machine hits them alike.
     for seed in range(args.seeds):
-        for name in args.models:
-            r = run(name, seed, args, splits)
+        for r in run_seed(seed, args, splits):
             results.append(r)
-            print(f"{name:22s} seed {seed}: {r['ms_per_step']:6.2f} ms/step, {r['tokens_per_s']:8.0f} tokens/s, "
-                  f"exact match 1.0 at step {r['steps_to_exact_match_1']}, peak RSS {r['peak_rss_mib']:.0f} MiB")
+            print(f"{r['model']:30s} seed {seed}: {r['ms_per_step']:6.2f} ms/step, {r['tokens_per_s']:8.0f} tokens/s, "
+                  f"exact match 1.0 at step {r['steps_to_exact_match_1']}")
     print("median over seeds:")
     for name in args.models:
         mine = [r for r in results if r["model"] == name]
         solved = [r["steps_to_exact_match_1"] for r in mine if r["steps_to_exact_match_1"]]
         steps = statistics.median(solved) if solved else math.nan
-        print(f"{name:22s} {statistics.median(r['ms_per_step'] for r in mine):6.2f} ms/step, "
+        print(f"{name:30s} {statistics.median(r['ms_per_step'] for r in mine):6.2f} ms/step, "
               f"steps to exact match 1.0: {steps} ({len(solved)}/{len(mine)} seeds solved)")
 
 

@@ -5,7 +5,8 @@
 #   1. pytest -m gpu            the test files that carry the `gpu` marker
 #   2. LM throughput            benchmarks/lm_throughput.py in fp32 and bf16: tokens/s and
 #                               MFU against the datasheet peak it names, with the
-#                               GPU-sized GPT (d768, 12 layers, T 1,024) and its op profile
+#                               GPU-sized GPT (d768, 12 layers, T 1,024) and its op profile;
+#                               then bf16 again with the forward compiled (--compile default)
 #   3. attention memory         benchmarks/attention_memory.py: sdpa vs manual, peak memory
 #                               and step time at 1,024 tokens, fp32 and bf16
 #   4. full-scale toy run       `tdiag --set scale=full data synth copy` then
@@ -142,6 +143,10 @@ else
         --precision fp32 bf16 --profile "${SIZE[@]}"
     note "$(grep -E '^(device|fp32:|bf16:|LSTM|GPT)' "$LOGS/lm_throughput.log")"
     note "$(awk '/^profile of/ {on = 1} /^GPT d768/ {on = 0} on && !/^USDT/' "$LOGS/lm_throughput.log")"
+    # The same in bf16 with the forward compiled (train.compile: default): MFU against eager's.
+    check "LM throughput, compiled" 90 lm_compiled.log "$PY" benchmarks/lm_throughput.py --corpus "$CORPUS" \
+        --precision bf16 --compile default "${SIZE[@]}"
+    note "$(grep -E '^(device|bf16:|LSTM|GPT)' "$LOGS/lm_compiled.log")"
 fi
 
 # ------------------------------------------------------------------ 3. attention memory

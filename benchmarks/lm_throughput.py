@@ -10,7 +10,7 @@ backward and a plain SGD update through the project's own workload
 segments of the training split.
 
     python benchmarks/lm_throughput.py [--threads 2] [--steps 60] [--glibc-default]
-                                       [--dropout 0.2] [--clip 0.25]
+                                       [--dropout 0.2] [--clip 0.25] [--compile default]
                                        [--corpus ../shared/data/wikitext-2-mini]
                                        [--precision fp32 [bf16 ...]] [--peak-tflops T]
                                        [--large auto|yes|no] [--profile]
@@ -19,7 +19,9 @@ Prints one line per model and precision. Peak memory is the process's peak resid
 memory on CPU (it only grows, so the second model's figure includes the first's), or
 the peak allocated GPU memory of that model's own run on CUDA.
 
-`--dropout P --clip C` make the step word_language_model's (its defaults: dropout 0.2 on
+`--compile MODE` trains each model's forward through torch.compile (`train.compile`'s
+modes, train/compiling.py); its warm-up steps then include the compiling, which is not
+timed. `--dropout P --clip C` make the step word_language_model's (its defaults: dropout 0.2 on
 the embeddings, between the LSTM layers and on its output, as ours places it; gradients
 clipped to norm 0.25 before the SGD update), for a comparison at an equal step; by
 default the models keep their configured dropout and nothing is clipped.
@@ -51,17 +53,20 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import torch
 from torch import nn
 
 from tdiag import devices
 from tdiag.config import LanguageModelTaskConfig, ModelConfig, TrainConfig
+from tdiag.config.schema import CompileMode
 from tdiag.data.language_model import prepare
 from tdiag.devices import peak_memory_bytes
 from tdiag.models import build_model
 from tdiag.paths import prepared_dir
 from tdiag.train.language_model_workload import LanguageModelWorkload
+from tdiag.train.compiling import compiled
 from tdiag.train.optim import build_optimizer
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -150,7 +155,8 @@ def precision_context(device: torch.device, precision: str):
 
 
 def measure(name: str, setup: Setup, folder: Path, meta: dict, steps: int, warmup: int, device,
-            precision: str = "fp32", profile: bool = False, clip: float | None = None) -> dict:
+            precision: str = "fp32", profile: bool = False, clip: float | None = None,
+            compile_mode: str = "off") -> dict:
     train = TrainConfig(optimizer="sgd", lr=0.1, schedule="constant", warmup_steps=0, epochs=1, max_steps=None,
                         bptt=setup.bptt, batch_size=setup.batch_size, clip_grad_norm=None)
     workload = LanguageModelWorkload(folder, meta, train, device)
@@ -159,6 +165,7 @@ def measure(name: str, setup: Setup, folder: Path, meta: dict, steps: int, warmu
     optimizer = build_optimizer(model.parameters(), train)  # the project's: torch's fused SGD
     n_matmul = matmul_parameters(model)
     model.train()
+    forward = compiled(model, compile_mode)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -166,7 +173,7 @@ def measure(name: str, setup: Setup, folder: Path, meta: dict, steps: int, warmu
         batch = workload.train_batch(i, seed=0)
         inputs = batch.micro[0][0]  # (B, L)
         with precision_context(device, precision):
-            loss = workload.loss(model, batch.micro[0], batch.n_tokens, 0.0)
+            loss = workload.loss(forward, batch.micro[0], batch.n_tokens, 0.0)
         loss.backward()
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -224,6 +231,8 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=Path("../shared/data/wikitext-2-mini"),
                         help="a folder with wiki.{train,valid,test}.tokens (default: the offline mirror)")
     parser.add_argument("--dropout", type=float, default=None, help="every model's dropout (default: as configured)")
+    parser.add_argument("--compile", default="off", choices=get_args(CompileMode),
+                        help="train the forward through torch.compile in this mode (default: off)")
     parser.add_argument("--clip", type=float, default=None, help="clip gradients to this global norm (default: no)")
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"],
                         help="one run of every model per precision (default: fp32)")
@@ -256,7 +265,8 @@ def main() -> None:
         gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
         print(f"device {device}{gpu}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
               f"vocabulary {meta['vocab_size']:,}, reference batch 20 x bptt 35 = 700 tokens per step, "
-              f"dropout {'as configured' if args.dropout is None else args.dropout}, clip {args.clip}")
+              f"dropout {'as configured' if args.dropout is None else args.dropout}, clip {args.clip}, "
+              f"compile {args.compile}")
         failed = False
         for precision in args.precision:
             peak, source = peak_tflops(device, precision, args.peak_tflops)
@@ -264,7 +274,8 @@ def main() -> None:
             for name, (setup, steps) in models.items():
                 profile = args.profile and precision == args.precision[-1] and name == large
                 try:
-                    r = measure(name, setup, folder, meta, steps, args.warmup, device, precision, profile, args.clip)
+                    r = measure(name, setup, folder, meta, steps, args.warmup, device, precision, profile, args.clip,
+                                args.compile)
                 except Exception:  # one model's failure (e.g. out of memory) must not hide the others' figures
                     traceback.print_exc()
                     print(f"{name:<28} [{precision}] FAILED: see the traceback above")
