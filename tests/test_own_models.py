@@ -74,6 +74,12 @@ def _error(raw: dict) -> str:
     ({"studies": {"lab": ["norm_warmup", "nope"]}}, "bad value 'nope' for 'own_models.mine.studies.lab[1]'; allowed: "
                                                    "'all', or the study's grids attention_length, checkpointing"),
     ({"studies": {"lm": "some"}}, "own_models.mine.studies.lm"),
+    ({"studies": {"lm": ["01-lstm-1l-adam"]}}, "'own_models.mine.studies.lm[0]': '01-lstm-1l-adam' trains lstm models, "
+                                               "none of them the gpt (without activation checkpointing) that "
+                                               "'own_models.mine.replaces' names: nothing to stand beside"),
+    ({"studies": {"toy": "all"}}, "'own_models.mine.studies.toy': study 'toy' trains encoder_decoder models, none of"),
+    ({"studies": {"lab": ["checkpointing"]}, "replaces": "lstm"}, "'own_models.mine.studies.lab[0]': 'checkpointing' "
+                                                                  "trains gpt models, none of them the lstm"),
     ({"replaces": "transformer"}, "own_models.mine.replaces"),
     ({"factory": "no_colon.py"}, "own_models.mine.factory"),
     ({"colour": "red"}, "unknown key 'own_models.mine.colour'"),

@@ -144,10 +144,26 @@ def _twin_runs(cfg: Config, resolved: Resolved) -> Resolved:
 
 
 def _selected_runs(cfg: Config, resolved: Resolved, name: str) -> set[tuple[str, str]]:
-    """The (study, run) pairs `own_models.<name>.studies` selects (all when unset)."""
-    studies = cfg.own_models[name].studies
+    """The (study, run) pairs `own_models.<name>.studies` selects (all when unset). A
+    study, run or grid named there must hold a run the model can stand beside (of the
+    arch it `replaces`, without activation checkpointing), or it would twin nothing."""
+    own = cfg.own_models[name]
+    studies = own.studies
     if studies is None:
         return set(resolved)
+
+    def twinnable(study: str, run: str) -> bool:
+        model = resolved[study, run][1].model
+        return model.arch == own.replaces and model.checkpointing == "none"
+
+    def refuse_if_nothing_to_twin(study: str, runs: list[str], where: str, what: str) -> None:
+        if not any(twinnable(study, run) for run in runs):
+            arches = sorted({resolved[study, run][1].model.arch for run in runs})
+            raise ConfigError(
+                f"'{where}': {what} trains {', '.join(arches)} models, none of them the {own.replaces} "
+                f"(without activation checkpointing) that 'own_models.{name}.replaces' names: nothing to stand beside"
+            )
+
     selected = set()
     for study, which in studies.items():
         here = f"own_models.{name}.studies.{study}"
@@ -155,6 +171,7 @@ def _selected_runs(cfg: Config, resolved: Resolved, name: str) -> set[tuple[str,
             raise ConfigError(f"unknown study '{study}' in '{here}'; studies: {', '.join(cfg.studies)}")
         runs = [run for s, run in resolved if s == study]
         if which == "all":
+            refuse_if_nothing_to_twin(study, runs, here, f"study '{study}'")
             selected.update((study, run) for run in runs)
             continue
         grids = sorted({resolved[study, run][1].grid for run in runs} - {None})
@@ -167,6 +184,7 @@ def _selected_runs(cfg: Config, resolved: Resolved, name: str) -> set[tuple[str,
                     f"bad value '{wanted}' for '{here}[{i}]'; allowed: 'all', or the study's "
                     + "; ".join(a for a in allowed if a)
                 )
+            refuse_if_nothing_to_twin(study, matching, f"{here}[{i}]", f"'{wanted}'")
             selected.update((study, run) for run in matching)
     return selected
 
