@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tdiag import devices
 from tdiag.config import InitConfig, ModelConfig, SymbolTaskConfig, TrainConfig
 from tdiag.data.batching import batch_indices, pad
 from tdiag.data.synthetic import generate
@@ -180,6 +181,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    devices.retain_freed_host_memory()  # as the training loop does on the CPU, for every model here
     splits, _, _ = generate(SymbolTaskConfig(task="copy", n_train=20000, n_valid=500, n_test=1, seed=1))
     print(f"threads {args.threads}, d_ff {args.d_ff}, torch {torch.__version__}")
     results = []

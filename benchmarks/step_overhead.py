@@ -27,6 +27,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from tdiag import devices
 from tdiag.config import ModelConfig, SymbolTaskConfig, TrainConfig
 from tdiag.data.batching import batch_indices, pad
 from tdiag.data.synthetic import generate
@@ -128,6 +129,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    devices.retain_freed_host_memory()  # as the training loop does on the CPU, for every model here
     device = torch.device("cpu")
     print(f"threads {args.threads}, steps {args.steps}, torch {torch.__version__}")
     for name in args.models:

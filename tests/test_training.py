@@ -191,3 +191,16 @@ def test_committed_smoke_config_learns_copy_to_exact_match_1(tmp_path: Path):
     result = summary(tmp_path)
     assert result["status"] == "completed"
     assert result["test"]["exact_match"] == 1.0 and result["per_seed"][0]["test"]["examples"] == 1000
+
+
+def test_a_cpu_run_keeps_freed_memory_for_its_next_steps(tiny_project: Path, monkeypatch):
+    """glibc would hand a step's freed tensors back to the OS and page them in again the
+    next step; every CPU run raises its thresholds first (devices.retain_freed_host_memory)."""
+    from tdiag import config, devices
+    from tdiag.train.loop import train_run
+
+    calls = []
+    monkeypatch.setattr(devices, "retain_freed_host_memory", lambda: calls.append("set") or True)
+    cfg = config.load(tiny_project / "params.yaml", ["studies.toy.train.max_steps=2"])
+    train_run(cfg, "toy", "copy", root=tiny_project)
+    assert calls == ["set"] and summary(tiny_project)["status"] == "completed"

@@ -54,6 +54,8 @@ def estimate_run(cfg: Config, study: str, run: str, device: torch.device, root: 
     workload = kind.workload(root / kind.folder(rc.dataset), read_meta(root, rc.dataset, kind), tc, device)
     steps = tc.max_steps or tc.epochs * workload.steps_per_epoch
     evaluations = 1 + sum(evaluates_after(step, tc, workload.steps_per_epoch, steps) for step in range(1, steps + 1))
+    if device.type == "cpu":
+        devices.retain_freed_host_memory()  # as the run will (train/loop.py)
     torch.manual_seed(tc.seed)
     model = build_model(rc.model, *workload.vocab_sizes, workload.pad_id).to(device)
     optimizer = build_optimizer(model.parameters(), tc)

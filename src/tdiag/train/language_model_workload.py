@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tdiag import devices, paths
+from tdiag import paths
 from tdiag.config import TrainConfig
 from tdiag.data.language_model import Vocabulary, batchify, n_segments, segment
 from tdiag.errors import UserError
@@ -47,8 +47,6 @@ class LanguageModelWorkload:
 
     def __init__(self, folder: Path, meta: dict, train: TrainConfig, device):
         self.meta, self.device, self.bptt = meta, device, train.bptt
-        if torch.device(device).type == "cpu":
-            devices.retain_freed_host_memory()  # the (B, L, V) logits exceed glibc's mmap ceiling
         self.vocab = Vocabulary.load(paths.vocab_file(folder))
         self.streams = {s: torch.load(paths.stream_file(folder, s), weights_only=True) for s in paths.SPLITS}  # (N,) each
         rows = {"train": train.batch_size, "valid": EVAL_STREAMS, "test": EVAL_STREAMS}

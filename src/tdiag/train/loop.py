@@ -142,6 +142,10 @@ def _train_run(cfg: Config, study: str, run: str, root: Path, restart: bool, pro
     else:
         choice = devices.select_device(Path(cfg.devices.lock_dir) if cfg.devices.lock_dir else None,
                                        on_wait=log.info, jobs_per_gpu=cfg.devices.jobs_per_gpu)
+    if choice.device.type == "cpu":
+        # Freed step-sized tensors (a language model's (B, L, V) logits, every activation of
+        # a batch) would go back to the OS and be page-faulted in again each step.
+        devices.retain_freed_host_memory()
     try:
         reason = devices.supports_precision(choice.device, rc.train.precision)
         if reason and rc.train.unsupported_precision == "stop":
