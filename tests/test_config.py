@@ -237,6 +237,31 @@ def test_run_on_unknown_dataset_is_refused(raw, where, named):
     assert message.endswith("allowed: " + ", ".join(raw["datasets"]))
 
 
+@pytest.mark.parametrize(
+    "where, metric, named, allowed",
+    [
+        ("scales.full.studies.toy.train", "perplexity", "scales.full.studies.toy.train.stop_when.metric",
+         "loss, token_accuracy, exact_match, bleu"),
+        ("studies.toy.runs.copy.train", "chrf", "studies.toy.runs.copy.train.stop_when.metric",
+         "loss, token_accuracy, exact_match, bleu"),
+        ("scales.full.studies.lm.train", "exact_match", "scales.full.studies.lm.train.stop_when.metric",
+         "loss, perplexity"),
+        ("studies.wmt14.train", "exact_match", "studies.wmt14.train.stop_when.metric",
+         "loss, token_accuracy, bleu, chrf"),
+    ],
+)
+def test_stop_when_names_a_metric_the_runs_dataset_reports(raw, where, metric, named, allowed):
+    message = _error(_set(raw, f"{where}.stop_when", {"metric": metric, "at_least": 1.0}))
+    assert f"bad value {metric!r} for '{named}'" in message and message.endswith(f"report: {allowed}")
+
+
+def test_stop_when_takes_exactly_one_bound(raw):
+    assert "set exactly one of at_least and at_most" in _error(
+        _set(raw, "studies.wmt14.train.stop_when", {"metric": "bleu", "at_least": 90, "at_most": 99}))
+    assert "set exactly one of at_least and at_most" in _error(
+        _set(raw, "studies.wmt14.train.stop_when", {"metric": "bleu"}))
+
+
 def test_more_examples_than_distinct_sequences_is_refused(raw):
     _set(raw, "datasets.copy.vocab_size", 5)  # 2 symbols, 2**4 = 16 sequences
     message = _error(raw)
@@ -483,7 +508,15 @@ def test_the_committed_scales_hold_the_same_keys(raw):
             return {leaf for key, value in node.items() for leaf in leaves(value, path + (key,))}
         return {path}
 
+    def nulls(node, path=()):
+        if isinstance(node, dict):
+            return {null for key, value in node.items() for null in nulls(value, path + (key,))}
+        return {path} if node is None else set()
+
     smoke, full = (leaves(raw["scales"][s]) for s in ("smoke", "full"))
+    # An explicit null at one scale (e.g. no train.stop_when) is that key's value there.
+    nulls = nulls(raw["scales"]["smoke"]) | nulls(raw["scales"]["full"])
+    smoke, full = ({next((n for n in nulls if p[:len(n)] == n), p) for p in paths} for paths in (smoke, full))
     toy_runs = {p for p in smoke ^ full if p[:4] == ("studies", "toy", "runs", p[3] if len(p) > 3 else None)}
     assert smoke ^ full == toy_runs  # only smoke shortens three toy runs
 

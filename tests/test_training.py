@@ -204,3 +204,38 @@ def test_a_cpu_run_keeps_freed_memory_for_its_next_steps(tiny_project: Path, mon
     cfg = config.load(tiny_project / "params.yaml", ["studies.toy.train.max_steps=2"])
     train_run(cfg, "toy", "copy", root=tiny_project)
     assert calls == ["set"] and summary(tiny_project)["status"] == "completed"
+
+
+STOP_AT_ONCE = ["--set", "studies.toy.train.stop_when={metric: token_accuracy, at_least: 0.0, evaluations: 2}"]
+"""Met by every evaluation: the tiny copy run (evaluations at 20, 40, 60) stops at step 40."""
+
+
+def test_stop_when_ends_a_seed_after_that_many_evaluations_in_a_row_meet_it(tiny_project: Path):
+    done = tdiag(*STOP_AT_ONCE, "train", "toy", "copy", cwd=tiny_project)
+    assert "stopping early at step 40/60: valid token_accuracy >= 0 at 2 evaluations in a row" in done.stderr
+    assert [r["step"] for r in records(tiny_project)] == list(range(1, 41))
+    assert [r["step"] for r in records(tiny_project, "eval")] == [0, 20, 40]
+    first = summary(tiny_project)["per_seed"][0]
+    assert first["status"] == "completed" and first["stopped_early"] is True
+    assert first["steps"] == 40 and first["max_steps"] == 60 and first["test"]["examples"] == 20
+
+    # Killed after the checkpoint at the stop, before the summaries: the rerun stays stopped.
+    (tiny_project / RUN / "summary.json").unlink()
+    (tiny_project / SEED0 / "summary.json").unlink()
+    again = tdiag(*STOP_AT_ONCE, "train", "toy", "copy", cwd=tiny_project)
+    assert "resuming from checkpoint at step 40" in again.stderr
+    assert [r["step"] for r in records(tiny_project)] == list(range(1, 41))
+    assert summary(tiny_project)["per_seed"][0]["stopped_early"] is True
+
+
+def test_stop_when_never_met_trains_to_max_steps(tiny_project: Path):
+    never = ["--set", "studies.toy.train.stop_when={metric: loss, at_most: 0.0}"]
+    tdiag(*never, "train", "toy", "copy", cwd=tiny_project)
+    first = summary(tiny_project)["per_seed"][0]
+    assert first["steps"] == 60 and first["stopped_early"] is False
+
+
+def test_stop_when_leaves_the_digest_of_runs_without_it_alone():
+    assert "stop_when" not in TrainConfig().model_dump(mode="json")
+    assert TrainConfig(stop_when={"metric": "bleu", "at_least": 99}).model_dump(mode="json")["stop_when"] == {
+        "metric": "bleu", "at_least": 99.0, "at_most": None, "evaluations": 1}

@@ -325,6 +325,34 @@ CompileMode = Literal["off", "default", "max-autotune-no-cudagraphs"]
 """`train.compile`'s values (train/compiling.py says why the CUDA graph modes are not among them)."""
 
 
+class StopWhen(Frozen):
+    """`train.stop_when`: a seed stops training once its validation `metric` has been at
+    least `at_least` (or at most `at_most`) at `evaluations` evaluations in a row, instead
+    of running on to max_steps or epochs. It then ends as any finished seed does (status
+    completed, final evaluation on every example), its summary saying at which step it
+    stopped. Which metrics a run may name depends on its dataset's kind (data/kinds.py,
+    checked when the file loads)."""
+
+    metric: str
+    at_least: Optional[float] = None
+    at_most: Optional[float] = None
+    evaluations: Annotated[int, Field(ge=1, le=MAX_STEPS)] = 1
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> "StopWhen":
+        if (self.at_least is None) == (self.at_most is None):
+            raise ValueError("set exactly one of at_least and at_most")
+        return self
+
+    def met_by(self, value: float) -> bool:
+        return value >= self.at_least if self.at_least is not None else value <= self.at_most
+
+    def describe(self) -> str:
+        bound = f">= {self.at_least:g}" if self.at_least is not None else f"<= {self.at_most:g}"
+        times = "once" if self.evaluations == 1 else f"at {self.evaluations} evaluations in a row"
+        return f"valid {self.metric} {bound} {times}"
+
+
 class TrainConfig(Frozen):
     optimizer: Literal["sgd", "momentum", "adam", "adamw"] = "adam"
     lr: Annotated[float, Field(gt=0)] = 1.0
@@ -370,6 +398,9 @@ class TrainConfig(Frozen):
     """Steps between evaluations; null: at the end of every epoch. A run sized in `epochs`
     counts them from each epoch's start and is evaluated at each epoch's end as well
     (train/loop.py, `evaluates_after`)."""
+    stop_when: Optional[StopWhen] = Field(default=None, exclude_if=lambda value: value is None)
+    """Stop a seed early on a validation criterion (`StopWhen`); null: never. Left out of a
+    dump while null, so runs configured before it existed keep their digests."""
     eval_examples: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] = 500
     checkpoint_every: Annotated[int, Field(ge=1, le=MAX_STEPS)] = 100
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0

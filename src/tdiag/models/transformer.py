@@ -112,6 +112,46 @@ class Residual(nn.Module):
         return self.norm(x + self.dropout(sublayer(x)))
 
 
+class _ReLUBackwardFromSign(torch.autograd.Function):
+    """ReLU with a backward that needs no mask, for `torch.compile`.
+
+    ReLU's gradient is the incoming gradient where the output is positive and 0 elsewhere.
+    Traced by `torch.compile`, every way of writing that with a comparison (torch's own
+    ReLU backward, `torch.where(y > 0, g, 0)`, `g * (y > 0)`) is partitioned the same way:
+    the comparison moves into the forward graph and its result is saved for the backward
+    as a bool tensor. On this project's 2-core AMD EPYC (AVX2), TorchInductor's C++ kernel
+    that writes that bool mask runs about 100 times slower than a float store of the same
+    size (5.3 ms against 33 us for the 153,600 activations of the copy task's FFN), which
+    made the compiled copy-task step slower than the eager one
+    (`benchmarks/RESULTS.md`, "The model code itself").
+
+    Written as the incoming gradient times the output's sign, the backward reads the saved
+    float output (which the second linear layer's weight gradient needs anyway) and no
+    bool tensor is made. For finite values the gradient is torch's: the output is >= 0, so
+    its sign is 1 where torch passes the gradient through and 0 where torch writes 0 (a
+    negative gradient times 0 is -0.0, which adds and scales as 0). Eager runs keep
+    torch's own ReLU, so they are bitwise what they were.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        y = torch.relu(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (y,) = ctx.saved_tensors
+        return grad * torch.sign(y)
+
+
+def relu(x: Tensor) -> Tensor:
+    """max(0, x); under `torch.compile`, with the mask-free backward above."""
+    if torch.compiler.is_compiling():
+        return _ReLUBackwardFromSign.apply(x)
+    return torch.relu(x)
+
+
 class FeedForward(nn.Module):
     """Position-wise FFN, eq. 2: max(0, x W_1 + b_1) W_2 + b_2."""
 
@@ -123,7 +163,7 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w_2(self.dropout(torch.relu(self.w_1(x))))  # (B, T, d)
+        return self.w_2(self.dropout(relu(self.w_1(x))))  # (B, T, d)
 
 
 class SelfAttentionLayer(nn.Module):

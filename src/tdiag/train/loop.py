@@ -7,6 +7,8 @@ and the seed's peak memory so far (train/memory.py) to `metrics.jsonl`; it evalu
 every `eval_every` steps (`evaluates_after`), checkpoints every `checkpoint_every` steps and at the end,
 resumes from the checkpoint by default, and stops a seed whose loss is NaN/inf with
 `status: diverged` (a finished stage, so the rest of the study goes on). With
+`train.stop_when`, a seed whose validation evaluations meet it stops there, checkpointed,
+and finishes as a completed seed (`stopped_early` in its summary). With
 micro-batches, each evaluation also compares the accumulated gradient with the
 full-batch one (train/grad_quality.py). Summaries are written last: the seed's, then
 the run's, just after the run's headline numbers and curves (train/curves.py). What it
@@ -31,7 +33,7 @@ from typing import Iterable
 import torch
 
 from tdiag import atomic, devices, paths, provenance
-from tdiag.config import Config, ConfigError, RunConfig
+from tdiag.config import Config, ConfigError, RunConfig, StopWhen
 from tdiag.data.kinds import DatasetKind, kind_of
 from tdiag.errors import UserError
 from tdiag.stage import TRAINING, code_digest
@@ -276,6 +278,8 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
         return result
 
     status, diverged_step = "completed", None
+    # Resumed from the checkpoint written where the seed stopped early: it stays stopped.
+    stopped_early = tc.stop_when is not None and stop_reached(tc.stop_when, state.records)
     log.info("steps %d to %d on %s, an epoch is %d steps; evaluating %s, checkpointing every %d%s",
              state.step + 1, total_steps, choice.description, workload.steps_per_epoch,
              evaluation_cadence(tc, workload.steps_per_epoch), tc.checkpoint_every,
@@ -313,7 +317,7 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
             measure_grad_quality(0)
             progress.restart_clock(0)  # a one-off: the step rate is measured without it
         model.train()
-        while state.step < total_steps:
+        while state.step < total_steps and not stopped_early:
             step = state.step + 1
             record = train_step(trained, optimizer, scaler, workload, tc, step, device, watch, group)
             record.update(epoch=step / workload.steps_per_epoch, wall_seconds=time.perf_counter() - started)
@@ -332,7 +336,11 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
                     emit({"kind": "eval", "split": split, "step": step, "epoch": step / workload.steps_per_epoch,
                           "wall_seconds": time.perf_counter() - started, **result})
                 measure_grad_quality(step)
-            if step % tc.checkpoint_every == 0 or step == total_steps:
+                if tc.stop_when is not None and stop_reached(tc.stop_when, state.records):
+                    stopped_early = True
+                    log.info("stopping early at step %d/%d: %s (train.stop_when)", step, total_steps,
+                             tc.stop_when.describe())
+            if step % tc.checkpoint_every == 0 or step == total_steps or stopped_early:
                 state.elapsed_seconds = time.perf_counter() - started
                 ranks = group.gather(checkpoint.rank_state(workload.state_dict()))
                 if group.writer:
@@ -356,6 +364,7 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
         "diverged_step": diverged_step,
         "steps": state.step,
         "max_steps": total_steps,
+        "stopped_early": stopped_early,
         "steps_per_epoch": workload.steps_per_epoch,
         "test": final.get("test"),
         "valid": final.get("valid"),
@@ -393,6 +402,15 @@ def _matching_checkpoint(path: Path, digest: str) -> dict | None:
         log.info("checkpoint %s is for a different configuration: starting from step 0", path)
         return None
     return saved
+
+
+def stop_reached(stop: StopWhen, records: list[dict]) -> bool:
+    """Whether the last `stop.evaluations` validation evaluations after training began
+    all meet `stop` (the untrained model's evaluation at step 0 never counts). Read from
+    the run's records, so a seed resumed from a checkpoint counts the evaluations before it."""
+    evals = [r for r in records if r.get("kind") == "eval" and r.get("split") == "valid" and r["step"] > 0]
+    last = evals[-stop.evaluations:]
+    return len(last) == stop.evaluations and all(stop.met_by(r[stop.metric]) for r in last)
 
 
 def _best(evals: list[dict], metric: str, direction: str) -> dict | None:
