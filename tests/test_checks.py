@@ -15,6 +15,7 @@ from torch import nn
 from conftest import tdiag
 from tdiag import paths
 from tdiag.checks import CHECKS, ENCODER_DECODER, LANGUAGE_MODEL, CheckResult, Subject, run_checks
+from tdiag.checks.attention import attention_parameters, attention_parity
 from tdiag.checks.runs import CONTRACTS
 from tdiag.cli import main
 from tdiag.data.kinds import KINDS
@@ -154,6 +155,24 @@ def test_the_failure_lines_carry_the_measured_numbers():
     assert leak.measured > 1e-3 and f"changed by {leak.measured:.3g}" in leak.message
     detached = {r.name: r for r in run_checks(planted(detached=True))}["gradient_flow"]
     assert detached.measured == 1 and "out.bias (no gradient: detached from the loss)" in detached.message
+
+
+class GroupedKeysValues(nn.Module):
+    """A packed in-projection of another shape than 3d x d (one head of keys and values
+    shared by two query heads): not an attention torch's MultiheadAttention can hold."""
+
+    def __init__(self, d: int = 8):
+        super().__init__()
+        self.n_heads, self.w_o = 2, nn.Linear(d, d)
+        self.w_qkv = nn.Linear(d, d + d)  # queries d, keys and values d/2 each
+
+    def forward(self, x):
+        return self.w_o(self.w_qkv(x)[..., : x.shape[-1]])
+
+
+def test_an_in_projection_of_another_shape_is_not_compared_with_torchs_attention():
+    subject = Subject(LANGUAGE_MODEL, lambda seed: GroupedKeysValues(), (V, V), lm_batch())
+    assert attention_parameters(subject) is None and attention_parity(subject) is None
 
 
 class TinyLM(nn.Module):

@@ -436,11 +436,15 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
 def retain_freed_host_memory() -> bool:
     """Keep freed CPU tensors' memory in the process for reuse (glibc only; True if set).
 
-    glibc serves every allocation over 32 MiB with a fresh mmap and unmaps it on free,
-    so a tensor that size allocated each step (a language model's logits: tokens x
-    vocabulary) page-faults its whole size in every time; raising the mmap and trim
-    thresholds to 1 GiB lets the heap reuse it. Measured on the WikiText-2 LSTM:
-    about twice the tokens per second on one CPU thread (benchmarks/RESULTS.md).
+    glibc serves a large allocation (from 128 KiB, its threshold rising up to 32 MiB as
+    it sees them freed) with a fresh mmap and unmaps it on free, and returns the top of
+    the heap past its trim threshold, so a tensor allocated each step page-faults its
+    whole size in every time; raising the mmap and trim thresholds to 1 GiB lets the
+    heap reuse it. Every training run on the CPU calls it (train/loop.py), as do the
+    estimate probe and the benchmarks. Measured (benchmarks/RESULTS.md): about twice the
+    tokens per second on the WikiText-2 LSTM, whose logits (tokens x vocabulary, 38 MB)
+    are the largest; 7-11% less time per step on the copy task, whose activations are
+    each well under 1 MB.
     """
     if not sys.platform.startswith("linux"):
         return False

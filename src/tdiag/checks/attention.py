@@ -26,16 +26,23 @@ float64: the two compute the same sums in different orders (about 1e-15 relative
 
 
 def _in_projection(m: nn.Module) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-    """W_Q, W_K, W_V stacked (3d x d) and their biases (3d), from either layout; None if
-    `m` has neither."""
+    """W_Q, W_K, W_V stacked (3d x d) and their biases (3d), from either layout, where
+    d is W_O's width; None if `m` has neither, or one of another shape (then it is not
+    an attention module these checks can compare with torch's)."""
     if all(isinstance(getattr(m, p, None), nn.Linear) for p in ("w_q", "w_k", "w_v")):
-        return (torch.cat([m.w_q.weight, m.w_k.weight, m.w_v.weight]),
-                torch.cat([m.w_q.bias, m.w_k.bias, m.w_v.bias]))
-    packed = getattr(m, "w_qkv", None)
-    weight, bias = getattr(packed, "weight", None), getattr(packed, "bias", None)
-    if isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor) and weight.dim() == 2:
-        return weight, bias
-    return None
+        weight = torch.cat([m.w_q.weight, m.w_k.weight, m.w_v.weight])
+        biases = [m.w_q.bias, m.w_k.bias, m.w_v.bias]
+        bias = torch.cat(biases) if all(b is not None for b in biases) else None
+    else:
+        packed = getattr(m, "w_qkv", None)
+        weight, bias = getattr(packed, "weight", None), getattr(packed, "bias", None)
+    w_o = getattr(m, "w_o", None)
+    if not (isinstance(w_o, nn.Linear) and isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor)):
+        return None
+    d = w_o.in_features
+    if weight.shape != (3 * d, d) or bias.shape != (3 * d,):
+        return None
+    return weight, bias
 
 
 def _exposed(model: nn.Module) -> list[tuple[str, nn.Module]]:

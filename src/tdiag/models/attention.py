@@ -183,7 +183,8 @@ class PackedProjection(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
     def queries(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight[: self.d_model], self.bias[: self.d_model])
+        """x (B, T, d) -> its queries (B, T, d)."""
+        return F.linear(x, *self.part("w_q"))
 
     def keys_values(self, x: Tensor) -> Tensor:
         """x (B, T, d) -> its keys and values side by side (B, T, 2d)."""
