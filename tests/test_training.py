@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import tdiag, tiny_params, write_params
-from tdiag.config import TrainConfig
-from tdiag.train.loop import evaluates_after
+from tdiag.config import StopWhen, TrainConfig
+from tdiag.train.loop import evaluates_after, stop_reached
 
 RUN = Path("results/runs/toy/copy")
 SEED0 = RUN / "seed-0"
@@ -206,13 +206,13 @@ def test_a_cpu_run_keeps_freed_memory_for_its_next_steps(tiny_project: Path, mon
     assert calls == ["set"] and summary(tiny_project)["status"] == "completed"
 
 
-STOP_AT_ONCE = ["--set", "studies.toy.train.stop_when={metric: token_accuracy, at_least: 0.0, evaluations: 2}"]
+STOP_AT_ONCE = ["--set", "studies.toy.train.stop_when={metric: token_accuracy, at_least: 0.0, for_steps: 20}"]
 """Met by every evaluation: the tiny copy run (evaluations at 20, 40, 60) stops at step 40."""
 
 
-def test_stop_when_ends_a_seed_after_that_many_evaluations_in_a_row_meet_it(tiny_project: Path):
+def test_stop_when_ends_a_seed_once_its_evaluations_have_met_it_for_so_many_steps(tiny_project: Path):
     done = tdiag(*STOP_AT_ONCE, "train", "toy", "copy", cwd=tiny_project)
-    assert "stopping early at step 40/60: valid token_accuracy >= 0 at 2 evaluations in a row" in done.stderr
+    assert "stopping early at step 40/60: valid token_accuracy >= 0 at every evaluation for 20 steps" in done.stderr
     assert [r["step"] for r in records(tiny_project)] == list(range(1, 41))
     assert [r["step"] for r in records(tiny_project, "eval")] == [0, 20, 40]
     first = summary(tiny_project)["per_seed"][0]
@@ -235,7 +235,21 @@ def test_stop_when_never_met_trains_to_max_steps(tiny_project: Path):
     assert first["steps"] == 60 and first["stopped_early"] is False
 
 
+@pytest.mark.parametrize("valid, stops", [
+    ([0.5, 1.0, 1.0, 1.0], True),  # held at 20, 30, 40: 20 steps
+    ([1.0, 1.0, 0.9, 1.0], False),  # broken at 30: held only since 40
+    ([0.5, 0.5, 1.0, 1.0], False),  # held for 10 steps
+    ([1.0, 1.0, 1.0, 0.5], False),  # the latest misses
+])
+def test_stop_reached_needs_every_evaluation_of_the_last_for_steps_to_meet_it(valid: list, stops: bool):
+    stop = StopWhen(metric="exact_match", at_least=1.0, for_steps=20)
+    records = [{"kind": "eval", "split": "valid", "step": 0, "exact_match": 1.0}]  # step 0 never counts
+    records += [{"kind": "eval", "split": "valid", "step": 10 * (i + 1), "exact_match": v} for i, v in enumerate(valid)]
+    records += [{"kind": "eval", "split": "train", "step": 40, "exact_match": 0.0}]  # other splits neither
+    assert stop_reached(stop, records) is stops
+
+
 def test_stop_when_leaves_the_digest_of_runs_without_it_alone():
     assert "stop_when" not in TrainConfig().model_dump(mode="json")
     assert TrainConfig(stop_when={"metric": "bleu", "at_least": 99}).model_dump(mode="json")["stop_when"] == {
-        "metric": "bleu", "at_least": 99.0, "at_most": None, "evaluations": 1}
+        "metric": "bleu", "at_least": 99.0, "at_most": None, "for_steps": 0}

@@ -327,16 +327,16 @@ CompileMode = Literal["off", "default", "max-autotune-no-cudagraphs"]
 
 class StopWhen(Frozen):
     """`train.stop_when`: a seed stops training once its validation `metric` has been at
-    least `at_least` (or at most `at_most`) at `evaluations` evaluations in a row, instead
-    of running on to max_steps or epochs. It then ends as any finished seed does (status
-    completed, final evaluation on every example), its summary saying at which step it
-    stopped. Which metrics a run may name depends on its dataset's kind (data/kinds.py,
-    checked when the file loads)."""
+    least `at_least` (or at most `at_most`) at every evaluation for `for_steps` steps
+    (0: at the first evaluation that meets it), instead of running on to max_steps or
+    epochs. It then ends as any finished seed does (status completed, final evaluation on
+    every example), its summary saying it stopped early. Which metrics a run may name
+    depends on its dataset's kind (data/kinds.py, checked when the file loads)."""
 
     metric: str
     at_least: Optional[float] = None
     at_most: Optional[float] = None
-    evaluations: Annotated[int, Field(ge=1, le=MAX_STEPS)] = 1
+    for_steps: Annotated[int, Field(ge=0, le=MAX_STEPS)] = 0
 
     @model_validator(mode="after")
     def _one_bound(self) -> "StopWhen":
@@ -349,8 +349,7 @@ class StopWhen(Frozen):
 
     def describe(self) -> str:
         bound = f">= {self.at_least:g}" if self.at_least is not None else f"<= {self.at_most:g}"
-        times = "once" if self.evaluations == 1 else f"at {self.evaluations} evaluations in a row"
-        return f"valid {self.metric} {bound} {times}"
+        return f"valid {self.metric} {bound}" + (f" at every evaluation for {self.for_steps} steps" if self.for_steps else "")
 
 
 class TrainConfig(Frozen):

@@ -405,12 +405,18 @@ def _matching_checkpoint(path: Path, digest: str) -> dict | None:
 
 
 def stop_reached(stop: StopWhen, records: list[dict]) -> bool:
-    """Whether the last `stop.evaluations` validation evaluations after training began
-    all meet `stop` (the untrained model's evaluation at step 0 never counts). Read from
-    the run's records, so a seed resumed from a checkpoint counts the evaluations before it."""
+    """Whether the validation evaluations since training began (the untrained model's at
+    step 0 never counts) have met `stop` at every one for its `for_steps` steps: the
+    latest meets it, and so does every one back to an evaluation `for_steps` or more
+    steps earlier. Read from the run's records, so a seed resumed from a checkpoint
+    counts the evaluations before it."""
     evals = [r for r in records if r.get("kind") == "eval" and r.get("split") == "valid" and r["step"] > 0]
-    last = evals[-stop.evaluations:]
-    return len(last) == stop.evaluations and all(stop.met_by(r[stop.metric]) for r in last)
+    held_since = None
+    for r in reversed(evals):
+        if not stop.met_by(r[stop.metric]):
+            break
+        held_since = r["step"]
+    return held_since is not None and evals[-1]["step"] - held_since >= stop.for_steps
 
 
 def _best(evals: list[dict], metric: str, direction: str) -> dict | None:
