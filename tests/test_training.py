@@ -13,6 +13,7 @@ import pytest
 
 from conftest import tdiag, tiny_params, write_params
 from tdiag.config import StopWhen, TrainConfig
+from tdiag.report import collect, figures
 from tdiag.train.loop import evaluates_after, stop_reached
 
 RUN = Path("results/runs/toy/copy")
@@ -218,6 +219,8 @@ def test_stop_when_ends_a_seed_once_its_evaluations_have_met_it_for_so_many_step
     first = summary(tiny_project)["per_seed"][0]
     assert first["status"] == "completed" and first["stopped_early"] is True
     assert first["steps"] == 40 and first["max_steps"] == 60 and first["test"]["examples"] == 20
+    shown = figures.run_table(collect.load_runs(tiny_project, "toy")).loc[("copy", 0)]
+    assert shown["status"] == "completed, stopped early" and shown["steps"] == 40
 
     # Killed after the checkpoint at the stop, before the summaries: the rerun stays stopped.
     (tiny_project / RUN / "summary.json").unlink()

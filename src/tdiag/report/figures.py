@@ -138,14 +138,16 @@ def steps_to_threshold(metrics: pd.DataFrame, runs: pd.DataFrame, y: str = "exac
 
 
 def run_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """The per-seed results table: status, held-out scores, steps, cost."""
+    """The per-seed results table: status, held-out scores, steps, cost. A seed that
+    `train.stop_when` stopped says so beside its status (its steps are where it stopped)."""
+    stopped = runs["stopped_early"].eq(True) if "stopped_early" in runs else pd.Series(False, index=runs.index)
     table = pd.DataFrame(
         {
             "run": runs["run"],
             "seed": runs["seed"],
             "dataset": runs["dataset"],
             "variant": runs["variant"].fillna(""),
-            "status": runs["status"],
+            "status": runs["status"].where(~stopped, runs["status"] + ", stopped early"),
             "diverged at step": runs["diverged_step"].astype("Int64"),
             "steps": runs["steps"],
             "test exact match": _rounded(runs.get("test.exact_match"), 3),
