@@ -25,7 +25,6 @@ from tdiag.config import yaml_text
 from tdiag.config.errors import ConfigError, OverrideError, format_error, key_path
 from tdiag.config.overrides import apply_overrides, deep_merge
 from tdiag.config.schema import Config, GridConfig, RunConfig
-from tdiag.data.kinds import kind_of
 
 MIRROR_ENV = "TDIAG_DATA_MIRROR"
 SCALES = ("smoke", "full")
@@ -342,9 +341,8 @@ def _resolve_all(cfg: Config, scale: str, section: dict, common: dict, known: Re
                 raise ConfigError(format_error(err, "", RunConfig, named)) from None
             if rc.dataset not in cfg.datasets:
                 raise ConfigError(f"bad value {rc.dataset!r} for '{named(['dataset'], '')}'; allowed: {', '.join(cfg.datasets)}")
-            stop = rc.train.stop_when
-            kind = kind_of(cfg.datasets[rc.dataset])
-            if stop is not None and stop.metric not in kind.metrics:
+            stop, metrics = rc.train.stop_when, cfg.datasets[rc.dataset].EVAL_METRICS
+            if stop is not None and stop.metric not in metrics:
                 loc = ["train", "stop_when", "metric"]
                 if grid_name and _walk_keys(overrides, loc)[1]:  # the grid's own key
                     written = named(loc, "")
@@ -353,8 +351,8 @@ def _resolve_all(cfg: Config, scale: str, section: dict, common: dict, known: Re
                     in_scale = _walk_keys(_mapping_at(in_section, entry), loc)[1]
                     written = ".".join([*(["scales", scale] if in_scale else []), "studies", study, *entry, *loc])
                 raise ConfigError(
-                    f"bad value {stop.metric!r} for '{written}' (run '{run}' of dataset '{rc.dataset}'); the "
-                    f"evaluations of a {kind.name} dataset report: {', '.join(kind.metrics)}"
+                    f"bad value {stop.metric!r} for '{written}' (run '{run}'); the evaluations of its dataset "
+                    f"'{rc.dataset}' report: {', '.join(metrics)}"
                 )
             out[study, run] = (mapping, rc)
     return out

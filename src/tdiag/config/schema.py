@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -99,6 +99,13 @@ def _named(mapping: Any, section: str = "") -> Any:
 
 
 class _SplitSizes(Frozen):
+    """The synthetic tasks' split sizes, and what their evaluations report."""
+
+    EVAL_METRICS: ClassVar[tuple[str, ...]] = ("loss", "token_accuracy", "exact_match", "bleu")
+    """A dataset config's EVAL_METRICS: the keys of every evaluation its workload reports
+    (train/seq2seq_workload.py, train/language_model_workload.py), in the log's order,
+    and what `train.stop_when.metric` may name for a run on it."""
+
     n_train: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] = 20000
     n_valid: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] = 500
     n_test: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] = 1000
@@ -174,6 +181,8 @@ class TranslationTaskConfig(Frozen):
     online, train comes from `training_corpus` and valid/test from newstest2014.
     """
 
+    EVAL_METRICS: ClassVar[tuple[str, ...]] = ("loss", "token_accuracy", "bleu", "chrf")
+
     task: Literal["translation"] = "translation"
     corpus: Literal["wmt14"] = "wmt14"
     source_lang: Literal["en"] = "en"
@@ -194,6 +203,8 @@ class TranslationTaskConfig(Frozen):
 class LanguageModelTaskConfig(Frozen):
     """Word-level language modelling on `wiki.{train,valid,test}.tokens` (data/language_model.py):
     from the fetched WikiText-2 corpus, or from `path`, a folder holding three such files."""
+
+    EVAL_METRICS: ClassVar[tuple[str, ...]] = ("loss", "perplexity")
 
     task: Literal["language_model"] = "language_model"
     corpus: Literal["wikitext2"] = "wikitext2"
@@ -330,8 +341,8 @@ class StopWhen(Frozen):
     least `at_least` (or at most `at_most`) at every evaluation for `for_steps` steps
     (0: at the first evaluation that meets it), instead of running on to max_steps or
     epochs. It then ends as any finished seed does (status completed, final evaluation on
-    every example), its summary saying it stopped early. Which metrics a run may name
-    depends on its dataset's kind (data/kinds.py, checked when the file loads)."""
+    every example), its summary saying it stopped early. The metrics a run may name are
+    its dataset config's EVAL_METRICS (checked when the file loads)."""
 
     metric: str
     at_least: Optional[float] = None

@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from tdiag import paths
-from tdiag.config import TrainConfig
-from tdiag.data.kinds import KINDS
+from tdiag.config import LanguageModelTaskConfig, TrainConfig
 from tdiag.data.language_model import Vocabulary, batchify, n_segments, segment
 from tdiag.errors import UserError
 from tdiag.models import decoding
@@ -41,7 +40,7 @@ EVAL_STREAMS = 10
 class LanguageModelWorkload:
     """A next-token language model (arch `lstm` or `gpt`) on a dataset folder's id streams (`paths.stream_file`)."""
 
-    log_keys = KINDS["language_model"].metrics
+    log_keys = LanguageModelTaskConfig.EVAL_METRICS
     best = ("perplexity", "min")
     eval_splits = ("valid",)  # the training curve is the per-step loss, averaged per epoch
     pad_id = None  # segments are dense: no id is padding

@@ -22,10 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from tdiag import paths
-from tdiag.config import TrainConfig
+from tdiag.config import SymbolTaskConfig, TrainConfig, TranslationTaskConfig
 from tdiag.data import bpe, wmt14
 from tdiag.data.batching import PairedData, batch_indices, bucket_indices, load_pairs, token_buckets
-from tdiag.data.kinds import KINDS
 from tdiag.models import decoding
 from tdiag.models.modes import evaluating
 from tdiag.train.metrics import bleu, exact_match, text_scores, token_counts
@@ -56,11 +55,11 @@ class Seq2SeqWorkload:
         self.text = meta.get("text") if (meta.get("text") or {}).get("kind") == "bpe" else None
         if self.text:
             self.raw = {s: _raw_text(paths.pairs_file(folder, s)) for s in paths.SPLITS}
-            self.log_keys = KINDS["translation"].metrics
+            self.log_keys = TranslationTaskConfig.EVAL_METRICS
             self.best = ("bleu", "max")
             self.eval_splits = ("valid", "train")
         else:
-            self.log_keys = KINDS["synthetic"].metrics
+            self.log_keys = SymbolTaskConfig.EVAL_METRICS  # every synthetic task's
             self.best = ("exact_match", "max")
             self.eval_splits = ("valid",)
         train_split = self.splits["train"]
