@@ -243,6 +243,7 @@ def test_stop_when_never_met_trains_to_max_steps(tiny_project: Path):
     ([1.0, 1.0, 0.9, 1.0], False),  # broken at 30: held only since 40
     ([0.5, 0.5, 1.0, 1.0], False),  # held for 10 steps
     ([1.0, 1.0, 1.0, 0.5], False),  # the latest misses
+    ([1.0, None, 1.0, 1.0], False),  # a non-finite value (recorded as null) meets nothing
 ])
 def test_stop_reached_needs_every_evaluation_of_the_last_for_steps_to_meet_it(valid: list, stops: bool):
     stop = StopWhen(metric="exact_match", at_least=1.0, for_steps=20)

@@ -413,7 +413,8 @@ def stop_reached(stop: StopWhen, records: list[dict]) -> bool:
     evals = [r for r in records if r.get("kind") == "eval" and r.get("split") == "valid" and r["step"] > 0]
     held_since = None
     for r in reversed(evals):
-        if not stop.met_by(r[stop.metric]):
+        value = r.get(stop.metric)  # None: not finite (records hold no NaN), which meets nothing
+        if value is None or not stop.met_by(value):
             break
         held_since = r["step"]
     return held_since is not None and evals[-1]["step"] - held_since >= stop.for_steps
