@@ -16,7 +16,8 @@ from conftest import REPO, tiny_params, write_params
 from tdiag import config
 from tdiag.report import claims
 from tdiag.report.claim_rules import (
-    CONTRADICTED, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, AllOf, Compare, Select, StudyResults, Thresholds, judge,
+    CONTRADICTED, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, UNTESTABLE, AllOf, Compare, Select, StudyResults,
+    Thresholds, judge,
 )
 
 COMMITTED = claims.load(REPO / "claims.yaml")
@@ -167,6 +168,26 @@ def test_compare_difference_tolerance_ties_and_equal():
     assert judge(_compare(measure=final, expect="equal", tolerance=0.001), close).verdict == CONTRADICTED
 
 
+@pytest.mark.parametrize("checkpointed, plain, verdict", [
+    (0.130, 0.100, REPRODUCED), (0.102, 0.100, NOT_REPRODUCED), (0.080, 0.100, CONTRADICTED), (None, None, INCONCLUSIVE),
+])
+def test_compare_reads_two_side_by_side_timings_of_one_run(checkpointed, plain, verdict):
+    results = _results({"blocks": [1.0]})
+    if checkpointed is not None:
+        results.runs["side_by_side.checkpointed_seconds"] = checkpointed
+        results.runs["side_by_side.plain_seconds"] = plain
+    rule = _compare(first={"runs": ["blocks"], "label": "checkpointed"}, second={"runs": ["blocks"], "label": "plain"},
+                    measure={"kind": "side_by_side", "timed": "checkpointed"},
+                    second_measure={"kind": "side_by_side", "timed": "plain"}, expect="higher", relative_tolerance=0.05)
+    judged = judge(rule, results)
+    assert judged.verdict == verdict, judged.numbers
+    if checkpointed is not None:
+        assert judged.numbers.startswith("median forward and backward, timed side by side in one process: "
+                                         f"checkpointed {checkpointed * 1000:.1f} ms; plain {plain * 1000:.1f} ms")
+    with pytest.raises(ValueError, match="`second_measure` must be of the same kind"):
+        _compare(second_measure={"kind": "step_time"}, measure={"kind": "side_by_side", "timed": "checkpointed"})
+
+
 def test_a_diverged_run_has_no_value_and_says_why():
     judged = judge(_compare(), _results({"a": [1.0, 1.0], "b": [0.5, 1.0]}, status={"a": "diverged"}))
     assert judged.verdict == INCONCLUSIVE and "seed 0 diverged at step 5" in judged.numbers
@@ -215,6 +236,24 @@ def test_a_claim_above_the_runs_scale_is_inconclusive_and_says_what_the_rule_alo
     assert claims.judge_study(loaded, tmp_path, "toy")[0].verdict == REPRODUCED
 
 
+def test_a_claim_comparing_twins_of_a_key_your_factory_ignores_is_not_testable_with_your_model(
+        tmp_path: Path, monkeypatch):
+    loaded = claims.load(_write(tmp_path, GOOD))
+    results = _results({"copy": [0.5, 1.0], "reverse": [0.2, 0.5, 1.0]})
+    results.own_model, results.twinned = "mine", {"copy.mine": "copy", "reverse.mine": "reverse"}
+    monkeypatch.setattr(StudyResults, "load", classmethod(lambda cls, root, study, own_model=None: results))
+    monkeypatch.setattr(StudyResults, "unread_model_keys",
+                        lambda self: [(["copy.mine", "reverse.mine"], ["model.init.tie"])])
+    [verdict] = claims.judge_study(loaded, tmp_path, "toy", "mine")
+    assert verdict.verdict == UNTESTABLE and verdict.reads == ["copy.mine", "reverse.mine"]
+    assert ("(the rule alone: reproduced; but copy.mine, reverse.mine trained identically: the factory does not "
+            "read model.init.tie)") in verdict.numbers
+    assert "#dde6f0" in claims.verdict_table_html([verdict])
+
+    monkeypatch.setattr(StudyResults, "unread_model_keys", lambda self: [])  # the factory reads it
+    assert claims.judge_study(loaded, tmp_path, "toy", "mine")[0].verdict == REPRODUCED
+
+
 def test_verdicts_round_trip_and_their_table_names_every_claim(tmp_path: Path, monkeypatch):
     loaded = claims.load(_write(tmp_path, GOOD))
     monkeypatch.setattr(StudyResults, "load", classmethod(
@@ -223,6 +262,6 @@ def test_verdicts_round_trip_and_their_table_names_every_claim(tmp_path: Path, m
     stored = json.loads((tmp_path / "results/toy/verdicts.json").read_text())
     assert [v["verdict"] for v in stored["verdicts"]] == [REPRODUCED]
     back = claims.read_verdicts(tmp_path, "toy")
-    assert claims.counts(back) == {REPRODUCED: 1, NOT_REPRODUCED: 0, CONTRADICTED: 0, INCONCLUSIVE: 0}
+    assert claims.counts(back) == {REPRODUCED: 1, NOT_REPRODUCED: 0, CONTRADICTED: 0, INCONCLUSIVE: 0, UNTESTABLE: 0}
     table = claims.verdict_table_html(back)
     assert "<b>reproduced</b>" in table and "runs read: copy, reverse" in table and "1 reproduced" in table

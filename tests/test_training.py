@@ -66,6 +66,21 @@ def test_run_folder_holds_config_metrics_checkpoint_and_summary(tiny_project: Pa
     assert len(first["samples"]) == 5 and {"source", "reference", "hypothesis"} <= set(first["samples"][0])
 
 
+def test_the_final_valid_scores_are_the_last_steps_evaluation_when_it_scored_every_example(tiny_project: Path):
+    done = tdiag("train", "toy", "copy", cwd=tiny_project)
+    assert "final evaluation on every example of test (valid: the evaluation of step 60)" in done.stderr
+    last = records(tiny_project, "eval")[-1]
+    final = summary(tiny_project)["per_seed"][0]["valid"]
+    assert last["step"] == 60 and final["examples"] == 20
+    assert final == {key: last[key] for key in final}
+
+    # Periodic evaluations of 5 examples: the final one scores every example anew.
+    fewer = tdiag("--set", "studies.toy.train.eval_examples=5", "train", "toy", "copy", cwd=tiny_project)
+    assert "final evaluation on every example of test, valid\n" in fewer.stderr
+    assert records(tiny_project, "eval")[-1]["examples"] == 5
+    assert summary(tiny_project)["per_seed"][0]["valid"]["examples"] == 20
+
+
 @pytest.mark.parametrize("train, expected", [
     ({"max_steps": 60, "eval_every": 25}, [25, 50, 60]),  # in steps: every eval_every steps, and the last
     ({"max_steps": 45, "eval_every": None}, [20, 40, 45]),  # ... or every epoch's end

@@ -26,7 +26,10 @@ REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
 CONTRADICTED = "contradicted"
 INCONCLUSIVE = "inconclusive at this scale"
-VERDICTS = (REPRODUCED, NOT_REPRODUCED, CONTRADICTED, INCONCLUSIVE)
+UNTESTABLE = "not testable with this model"
+"""A user's model whose factory ignores the model key the claim's runs differ in: no
+scale would decide it, as the runs it compares trained identically."""
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, CONTRADICTED, INCONCLUSIVE, UNTESTABLE)
 
 Scalar = Union[bool, int, float, str]
 
@@ -99,6 +102,16 @@ class StepTime(_Strict):
     kind: Literal["step_time"]
 
 
+class SideBySide(_Strict):
+    """The median seconds of a training step's forward and backward with activation
+    checkpointing (`checkpointed`) or without (`plain`), timed alternately in the one
+    process of a run that checkpoints its blocks (train/side_by_side.py): a comparison
+    that the other jobs sharing the machine cannot tilt."""
+
+    kind: Literal["side_by_side"]
+    timed: Literal["checkpointed", "plain"]
+
+
 class GradCosine(_Strict):
     """The lowest cosine between the accumulated and the full-batch gradient over the
     run's gradient-quality measurements (runs with micro-batches only)."""
@@ -122,7 +135,8 @@ class CeilingShare(_Strict):
 
 
 Measure = Annotated[
-    Union[StepsTo, Best, Final, StepTime, GradCosine, OverfitRatio, CeilingShare], Field(discriminator="kind")
+    Union[StepsTo, Best, Final, StepTime, SideBySide, GradCosine, OverfitRatio, CeilingShare],
+    Field(discriminator="kind"),
 ]
 
 LOWER_IS_BETTER = {"loss", "perplexity"}
@@ -152,6 +166,9 @@ class Compare(_Strict):
     first: Select
     second: Select
     measure: Measure
+    second_measure: Optional[Measure] = None
+    """`second`'s measure where it differs from `first`'s: the other of two values a run
+    records of one quantity (e.g. its two side-by-side timings). Of the same kind."""
     expect: Literal["lower", "higher", "equal"]
     ratio: Optional[Annotated[float, Field(ge=1)]] = None
     difference: Optional[Annotated[float, Field(ge=0)]] = None
@@ -162,6 +179,16 @@ class Compare(_Strict):
     second_must_reach: Optional[float] = None
     """The comparison means something only once `second` reaches this value (e.g. the
     variants the claim calls better learnt the task); below it the runs were too short."""
+
+    @model_validator(mode="after")
+    def _one_quantity(self) -> "Compare":
+        if self.second_measure is not None and self.second_measure.kind != self.measure.kind:
+            raise ValueError("`second_measure` must be of the same kind as `measure`: one quantity, two values")
+        return self
+
+    @property
+    def measure_of_second(self):
+        return self.second_measure or self.measure
 
 
 class Condition(_Strict):
@@ -378,6 +405,9 @@ def _measure_seed(measure, results: StudyResults, run: str, seed: pd.Series) -> 
     if isinstance(measure, StepTime):
         train = _train(results, run, seed["seed"])
         return None if train.empty else Value(float(train["step_time"].median()))
+    if isinstance(measure, SideBySide):
+        value = seed.get(f"side_by_side.{measure.timed}_seconds")
+        return None if value is None or pd.isna(value) else Value(float(value))
     if isinstance(measure, GradCosine):
         metrics = results.metrics
         rows = metrics[(metrics["kind"] == "grad_quality") & (metrics["run"] == run) & (metrics["seed"] == seed["seed"])]
@@ -424,6 +454,8 @@ def _measure_name(measure) -> str:
         return FIELD_NAMES.get(measure.field, measure.field.replace("_", " "))
     if isinstance(measure, StepTime):
         return "median step time"
+    if isinstance(measure, SideBySide):
+        return "median forward and backward, timed side by side in one process"
     if isinstance(measure, GradCosine):
         return "lowest gradient cosine with the full batch"
     if isinstance(measure, OverfitRatio):
@@ -450,7 +482,7 @@ def fmt(measure, value: Optional[Value]) -> str:
     key, x = _key(measure), value.x
     if key.endswith("_bytes"):
         return f"{x / MIB:,.1f} MiB"
-    if key == "step_time":
+    if key in ("step_time", "side_by_side"):
         return f"{x * 1000:,.1f} ms"
     if key in ("perplexity", "bleu", "chrf"):
         return f"{x:,.1f}"
@@ -484,10 +516,10 @@ def _group_value(sel: Select, measure, results: StudyResults) -> tuple[list[str]
 
 def _judge_compare(rule: Compare, results: StudyResults) -> Judgement:
     runs_a, a, fates_a = _group_value(rule.first, rule.measure, results)
-    runs_b, b, fates_b = _group_value(rule.second, rule.measure, results)
+    runs_b, b, fates_b = _group_value(rule.second, rule.measure_of_second, results)
     name = _measure_name(rule.measure)
     numbers = (f"{name}: {_group_label(rule.first, runs_a)} {fmt(rule.measure, a)}; "
-               f"{_group_label(rule.second, runs_b)} {fmt(rule.measure, b)}")
+               f"{_group_label(rule.second, runs_b)} {fmt(rule.measure_of_second, b)}")
     fates = fates_a + fates_b
     if fates:
         numbers += f" ({'; '.join(fates)})"

@@ -25,8 +25,8 @@ from tdiag.config.errors import format_error
 from tdiag.errors import UserError
 from tdiag.report import collect
 from tdiag.report.claim_rules import (
-    CONTRADICTED, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, VERDICTS, Judgement, Rule, StudyResults, describe, judge,
-    selections,
+    CONTRADICTED, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, UNTESTABLE, VERDICTS, Judgement, Rule, StudyResults,
+    describe, judge, selections,
 )
 
 CLAIMS_FILE = paths.CLAIMS
@@ -120,7 +120,7 @@ def judge_study(claims: ClaimsFile, root: Path, study: str, own_model: Optional[
             if len(same) > 1:  # the rule compares runs that differ only in what the factory ignores
                 numbers = (f"{numbers} (the rule alone: {verdict}; but {', '.join(same)} trained identically: "
                            f"the factory does not read {', '.join(keys)})")
-                verdict = INCONCLUSIVE
+                verdict = UNTESTABLE
                 break
         if scale is not None and SCALE_ORDER[scale] < SCALE_ORDER[claim.decided_at]:
             numbers = f"{numbers} (the rule alone: {verdict}; this claim needs the {claim.decided_at} scale's budget)"
@@ -158,6 +158,7 @@ def counts(verdicts: list[Verdict]) -> dict[str, int]:
 
 VERDICT_COLOURS = {
     REPRODUCED: "#d8f0d8", NOT_REPRODUCED: "#fbe3c8", CONTRADICTED: "#f6cccc", INCONCLUSIVE: "#e6e6e6",
+    UNTESTABLE: "#dde6f0",
 }
 
 

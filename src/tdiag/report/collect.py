@@ -83,6 +83,7 @@ def load_runs(root: str | Path, study: str, own_model: Optional[str] = None) -> 
             row = {k: v for k, v in seed_summary.items() if not isinstance(v, (dict, list))}
             for split in ("train", "test", "valid"):  # `train`: the wmt14 scores on the training pairs
                 row.update(_flatten(f"{split}.", seed_summary.get(split) or {}))
+            row.update(_flatten("side_by_side.", seed_summary.get("side_by_side") or {}))  # train/side_by_side.py
             row.update(
                 grid=run_summary["grid"],
                 dataset=run_summary["dataset"],

@@ -120,6 +120,9 @@ class LanguageModelWorkload:
         loss = float(loss_sum) / n_tokens
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": n_tokens}
 
+    def scores_whole_split(self, split: str, decode_limit: int | None) -> bool:
+        return True
+
     def _prompt_starts(self, ids: list[int], n: int, prompt: int, length: int) -> list[int]:
         """n positions spread over the stream, each moved on to the start of a text line."""
         eos, heading, last = self.vocab.eos_id, self.vocab.index.get("="), len(ids) - prompt - length

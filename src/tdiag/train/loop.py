@@ -38,7 +38,8 @@ from tdiag.data.kinds import DatasetKind, kind_of
 from tdiag.errors import UserError
 from tdiag.stage import TRAINING, code_digest
 from tdiag.models import build_model
-from tdiag.train import checkpoint, curves, distributed, grad_quality, logs, memory_estimate, unsupported
+from tdiag.train import (checkpoint, curves, distributed, grad_quality, logs, memory_estimate, side_by_side,
+                         unsupported)
 from tdiag.train.compiling import compiled
 from tdiag.train.checkpoint import TrainState
 from tdiag.train.distributed import Group
@@ -269,9 +270,13 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
         with watch.memory.paused():
             return workload.evaluate(model, split, decode_limit)
 
+    latest: dict[str, tuple[int, dict]] = {}  # split -> (step, result) of its last whole-split evaluation
+
     def evaluate_logged(split: str, step: int) -> dict:
         began = time.perf_counter()
         result = evaluate(split, tc.eval_examples)
+        if workload.scores_whole_split(split, tc.eval_examples):
+            latest[split] = (step, result)
         log.info("eval %s at step %d/%d: %s (%s)", split, step, total_steps,
                  ", ".join(f"{k} {result[k]:.4g}" for k in workload.log_keys),
                  logs.duration(time.perf_counter() - began))
@@ -352,10 +357,20 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
     memory = watch.memory.summary()  # training's, before the final evaluation
 
     finished = status == "completed"
+    timed = {}
+    if finished and not group.active and side_by_side.applies(rc.model.arch, rc.model.checkpointing):
+        timed = side_by_side.checkpointing_times(model, workload, tc.seed, tc.label_smoothing, device,
+                                                 lambda: _autocast(device, tc.precision))
+        log.info("forward and backward, timed side by side over %d pairs: %.1f ms checkpointed, %.1f ms without",
+                 timed["pairs"], 1000 * timed["checkpointed_seconds"], 1000 * timed["plain_seconds"])
     final_splits = ("test", "valid", "train") if "train" in eval_splits else ("test", "valid")
+    final = {}
     if finished:
-        log.info("final evaluation on every example of %s", ", ".join(final_splits))
-    final = {split: evaluate(split, None) for split in final_splits} if finished else {}
+        # A split evaluated whole at this step already has its final scores: the model is unchanged.
+        final = {split: result for split, (step, result) in latest.items() if step == state.step}
+        log.info("final evaluation on every example of %s%s", ", ".join(s for s in final_splits if s not in final),
+                 f" ({', '.join(final)}: the evaluation of step {state.step})" if final else "")
+        final.update({split: evaluate(split, None) for split in final_splits if split not in final})
     evals = [r for r in state.records if r.get("kind") == "eval" and r.get("split") == "valid"]
     summary = {
         "run": files.run,
@@ -374,6 +389,7 @@ def _train_seed(cfg, rc: RunConfig, files: SeedFiles, meta, workload: Workload, 
         "wall_seconds": time.perf_counter() - started,
         "resumed_from": state.resumed_from,
         **memory,
+        **({"side_by_side": timed} if timed else {}),
         "device": str(device),
         "finished_at": _now(),
         "config_digest": digest,

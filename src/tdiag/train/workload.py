@@ -87,6 +87,11 @@ class Workload(Protocol):
         them); `decode_limit` caps the examples decoded, None: all."""
         ...
 
+    def scores_whole_split(self, split: str, decode_limit: Optional[int]) -> bool:
+        """Whether `evaluate(model, split, decode_limit)` scores every example of the split,
+        so that a periodic evaluation at the last step is also the final one."""
+        ...
+
     def samples(self, model: torch.nn.Module) -> list[dict]:
         """A few model outputs beside their references, for the report."""
         ...
