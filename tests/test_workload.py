@@ -67,3 +67,20 @@ def test_workload_satisfies_the_protocol(tmp_path: Path, kind: str):
     assert isinstance(batch, StepBatch) and batch.micro and batch.n_tokens > 0
     assert len(workload.vocab_sizes) == 2 and workload.steps_per_epoch >= 1
     assert workload.eval_splits[0] == "valid" and workload.best[1] in ("max", "min")
+
+
+@pytest.mark.parametrize("kind", BUILDERS)
+def test_evaluation_records_no_autograd_graph(tmp_path: Path, kind: str):
+    """Held-out scoring has no backward: a forward under grad would keep every activation."""
+    from tdiag.config import ModelConfig
+    from tdiag.models import build_model
+
+    workload = BUILDERS[kind](tmp_path)
+    arch = {"seq2seq": dict(arch="encoder_decoder", n_encoder_layers=1, n_decoder_layers=1),
+            "language_model": dict(arch="gpt", n_layers=1)}[kind]
+    model = build_model(ModelConfig(d_model=16, n_heads=2, d_ff=32, max_len=64, **arch), *workload.vocab_sizes,
+                        workload.pad_id)
+    grad_on = []
+    model.register_forward_hook(lambda module, args, out: grad_on.append(torch.is_grad_enabled()))
+    workload.evaluate(model, "valid")
+    assert grad_on and not any(grad_on)

@@ -153,10 +153,10 @@ class Seq2SeqWorkload:
 
     # --------------------------------------------------------------- evaluation
 
-    @torch.no_grad()
     def scores_whole_split(self, split: str, decode_limit: int | None) -> bool:
         return decode_limit is None or decode_limit >= len(self.splits[split])
 
+    @torch.no_grad()
     def evaluate(self, model, split: str, decode_limit: int | None = None) -> dict:
         """Metrics of the first `decode_limit` examples of the split (all with None):
         teacher-forced loss, token accuracy and sequence accuracy, and exact match,
