@@ -107,28 +107,25 @@ def test_attention_length_reports_the_ratio_at_each_end():
     assert "the gap grows 14.0x from the shortest context to the longest" in text
 
 
-@pytest.mark.parametrize(("blocks_time", "phrase"), [(0.015, "at 1.50x the median step time (each block's forward"),
-                                                      (0.008, "the recomputation's cost did not show through")])
-def test_checkpointing_finding_states_the_time_it_measured(blocks_time, phrase):
-    cells = [
-        {"run": "checkpointing-1", "grid": "checkpointing", "valid_loss": 5.0, "step_time": 0.01, "saved_bytes": 400,
-         "peak": 1000, "config": {"model.checkpointing": "none"}},
+def _checkpointing_cells(blocks_time: float, none_time: float = 0.01) -> list[dict]:
+    return [
+        {"run": "checkpointing-1", "grid": "checkpointing", "valid_loss": 5.0, "step_time": none_time,
+         "saved_bytes": 400, "peak": 1000, "config": {"model.checkpointing": "none"}},
         {"run": "checkpointing-2", "grid": "checkpointing", "valid_loss": 5.0, "step_time": blocks_time,
          "saved_bytes": 100, "peak": 700, "config": {"model.checkpointing": "blocks"}},
     ]
-    _, text = _lab(cells).checkpointing()
+
+
+@pytest.mark.parametrize(("blocks_time", "phrase"), [(0.015, "at 1.50x the median step time (each block's forward"),
+                                                      (0.008, "the recomputation's cost did not show through")])
+def test_checkpointing_finding_states_the_time_it_measured(blocks_time, phrase):
+    _, text = _lab(_checkpointing_cells(blocks_time)).checkpointing()
     assert phrase in text and "(75% less)" in text and "agree within 1e-3" in text
 
 
 def test_checkpointing_finding_takes_its_time_from_the_side_by_side_timing():
     """Two jobs' step times say the checkpointed step was faster; the timing in one process says otherwise."""
-    cells = [
-        {"run": "checkpointing-1", "grid": "checkpointing", "valid_loss": 5.0, "step_time": 0.02, "saved_bytes": 400,
-         "config": {"model.checkpointing": "none"}},
-        {"run": "checkpointing-2", "grid": "checkpointing", "valid_loss": 5.0, "step_time": 0.01, "saved_bytes": 100,
-         "config": {"model.checkpointing": "blocks"}},
-    ]
-    lab = _lab(cells)
+    lab = _lab(_checkpointing_cells(blocks_time=0.01, none_time=0.02))
     lab.runs["side_by_side.checkpointed_seconds"] = [None, 0.013]
     lab.runs["side_by_side.plain_seconds"] = [None, 0.010]
     _, text = lab.checkpointing()
