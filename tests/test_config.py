@@ -13,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from conftest import tiny_params
-from tdiag import devices, plan
+from tdiag import cuda_probe, plan
 from tdiag.config import (
     MIRROR_ENV,
     Config,
@@ -62,7 +62,7 @@ def test_committed_params_load_and_auto_follows_cuda():
 
 @pytest.mark.parametrize("cuda, expected", [(False, "smoke"), (True, "full")])
 def test_auto_scale_picks_the_section_by_cuda(raw, monkeypatch, cuda, expected):
-    monkeypatch.setattr(devices, "cuda_available", lambda: cuda)
+    monkeypatch.setattr(cuda_probe, "cuda_available", lambda: cuda)
     cfg = load(PARAMS, env={})
     assert cfg.resolved_scale == expected
     wanted = raw["scales"][expected]["studies"]["toy"]["train"]["max_steps"]
@@ -71,7 +71,7 @@ def test_auto_scale_picks_the_section_by_cuda(raw, monkeypatch, cuda, expected):
 
 @pytest.mark.parametrize("scale, cuda", [("smoke", True), ("full", False)])
 def test_explicit_scale_is_honoured_whatever_the_hardware(raw, monkeypatch, scale, cuda):
-    monkeypatch.setattr(devices, "cuda_available", lambda: cuda)
+    monkeypatch.setattr(cuda_probe, "cuda_available", lambda: cuda)
     raw["scale"] = scale
     cfg = validate(raw, env={})
     assert cfg.scale == scale and cfg.resolved_scale == scale
@@ -595,7 +595,7 @@ def test_cli_unknown_study_exits_2(tmp_path):
 
 
 def test_validate_with_an_explicit_scale_does_not_import_torch():
-    # Only `scale: auto` asks devices.py (and so torch) whether CUDA is present.
+    # Only `scale: auto` may ask torch whether CUDA is present.
     code = (
         "import sys; from tdiag.cli import main; "
         f"assert main(['--params', {str(PARAMS)!r}, '--set', 'scale=smoke', 'validate']) == 0; "
@@ -603,6 +603,35 @@ def test_validate_with_an_explicit_scale_does_not_import_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_scale_auto_imports_torch_only_where_torch_was_built_for_a_gpu():
+    code = (
+        "import sys; from tdiag.cli import main; "
+        f"assert main(['--params', {str(PARAMS)!r}, 'validate']) == 0; "
+        "print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    gpu_build = torch.version.cuda is not None or torch.version.hip is not None
+    assert done.stdout.split()[-1] == str(gpu_build), "a CPU-only torch was imported to resolve scale: auto"
+
+
+@pytest.mark.parametrize("version_text, may", [
+    ("cuda: Optional[str] = None\ngit_version = 'x'\nhip: Optional[str] = None\n", False),
+    ("cuda = None\nhip = None\n", False),
+    ("cuda: Optional[str] = '12.8'\nhip: Optional[str] = None\n", True),
+    ("cuda: Optional[str] = None\nhip: Optional[str] = '6.4.43482'\n", True),
+    ("__version__ = '9.0'\n", True),  # unfamiliar: torch is asked
+    (None, True),  # no torch/version.py found
+])
+def test_only_a_torch_built_for_neither_cuda_nor_rocm_is_known_to_see_no_gpu_unimported(version_text, may):
+    assert cuda_probe.torch_may_see_a_gpu(version_text) is may
+
+
+def test_the_probe_reads_the_installed_torchs_build():
+    assert cuda_probe.torch_may_see_a_gpu(cuda_probe.torch_version_text()) == (
+        torch.version.cuda is not None or torch.version.hip is not None)
 
 
 def test_cli_validate_accepts_the_committed_params(tmp_path):

@@ -298,11 +298,6 @@ def _bind_guard(lock_dir: Path, key: str) -> socket.socket | None:
     return guard
 
 
-def cuda_available() -> bool:
-    """Whether this machine has a usable CUDA device (what `scale: auto` follows)."""
-    return torch.cuda.is_available()
-
-
 @dataclass(frozen=True)
 class DeviceChoice:
     """The device a job uses, the slot that reserves it (if any), and why, in words."""

@@ -7,6 +7,7 @@ their own data stages.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -86,8 +87,15 @@ def _collect(name: str, found: set[str]) -> None:
             continue
         found.add(rel)
         package = ".".join(parts[:depth]) if rel.endswith("__init__.py") else ".".join(parts[: depth - 1])
-        for imported in _imported(ast.parse((_SOURCE_ROOT / rel).read_text()), package):
+        for imported in _imports_of(rel, package, (_SOURCE_ROOT / rel).stat().st_mtime_ns):
             _collect(imported, found)
+
+
+@functools.cache
+def _imports_of(rel: str, package: str, mtime_ns: int) -> frozenset[str]:
+    """`_imported` of one source file, parsed once per version of it: building the stage
+    list asks for the closures of a few dozen stages, which share most of their files."""
+    return frozenset(_imported(ast.parse((_SOURCE_ROOT / rel).read_text()), package))
 
 
 _NAMED_ATTRIBUTE = re.compile(r"(tdiag(?:\.\w+)+):\w+")

@@ -245,9 +245,9 @@ def _declared_names(raw: dict) -> tuple:
 def _resolve_scale(requested: str) -> str:
     if requested != "auto":
         return requested
-    from tdiag import devices  # imports torch: only `scale: auto` needs it
+    from tdiag import cuda_probe
 
-    return "full" if devices.cuda_available() else "smoke"
+    return "full" if cuda_probe.cuda_available() else "smoke"
 
 
 def _validated(merged: dict, scale: str, section: dict, common: dict) -> Config:

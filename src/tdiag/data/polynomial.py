@@ -12,8 +12,6 @@ from __future__ import annotations
 import random
 from typing import Iterator
 
-import sympy
-
 from tdiag.config import PolynomialTaskConfig
 
 
@@ -38,6 +36,8 @@ def _factor(rng: random.Random, variable: str, bound: int) -> str:
 
 def expand(source: str, variable: str) -> str:
     """sympy's expansion of `source`, printed without spaces: the task's target."""
+    import sympy  # half a second to import: only this dataset's stage pays it
+
     product = sympy.sympify(source, locals={variable: sympy.Symbol(variable)})
     return str(sympy.expand(product)).replace(" ", "")
 
