@@ -100,6 +100,19 @@ def _tiny_wmt14(params: dict) -> None:
                           batch_tokens=400, beam_size=2)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The modules with the most end-to-end (`slow`) tests first, each module's tests in
+    their order. The test command (README) runs the modules on one xdist worker per core
+    (`--dist loadfile --no-loadscope-reorder`), each taking the next module when it is
+    done: the longest modules, a whole pipeline under DVC or Snakemake, start at once
+    beside the rest instead of last."""
+    slow: dict[str, int] = {}
+    for item in items:
+        slow.setdefault(item.nodeid.split("::")[0], 0)
+        slow[item.nodeid.split("::")[0]] += item.get_closest_marker("slow") is not None
+    items.sort(key=lambda item: -slow[item.nodeid.split("::")[0]])  # stable: ties keep their order
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Every in-process test runs tiny models, whose many small ops a second OpenMP thread

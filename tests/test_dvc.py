@@ -133,7 +133,7 @@ def built(tmp_path_factory) -> Path:
     stages = subprocess.run([str(BIN / "tdiag"), "stages", "--dvc"], cwd=project, capture_output=True, text=True,
                             env=ENV, check=True)
     (project / "dvc.yaml").write_text(stages.stdout)
-    _run(["git", "init", "-q"], project)
+    _run(["git", "init", "-q", "-b", "main"], project)
     _run(["git", "add", "-A"], project)
     _run(GIT + ["commit", "-qm", "project"], project)
     _dvc("repro", cwd=project, timeout=2400)  # every stage, one at a time: 9 min alone on 2 cores
@@ -155,22 +155,30 @@ def test_dvc_repro_runs_the_whole_pipeline_then_is_up_to_date(built: Path):
     assert "up to date" in _dvc("status", cwd=built)
 
 
-@pytest.mark.slow
-@needs_mirror
-def test_a_changed_key_reruns_only_the_stages_that_read_it(built: Path, tmp_path: Path):
-    project = _copy(built, tmp_path)
-    assert "up to date" in _dvc("status", cwd=project)
-    lock, dvc = (yaml.safe_load((project / name).read_text()) for name in ("dvc.lock", "dvc.yaml"))
-    assert not _stale(lock, dvc)  # the check the committed dvc.lock gets, on a lock DVC wrote
-    dvc["stages"]["collect_toy"]["deps"].pop()
-    assert _stale(lock, dvc) == ["collect_toy"]
+@pytest.fixture(scope="module")
+def experiment(built: Path, tmp_path_factory) -> tuple[Path, dict, str]:
+    """A copy of the built project in which one key was changed in params.yaml and run as
+    an experiment (`dvc exp run --name lr-half`): the project, `dvc status --json` after
+    the change, and the experiment's output. Both tests below read the one run (each
+    `dvc exp run` here is minutes, most of it DVC reading its lock file per stage)."""
+    project = _copy(built, tmp_path_factory.mktemp("experiment"))
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["studies"]["toy"]["train"]["lr"] = 0.5
     write_params(project, params)
     changed = json.loads(_dvc("status", "--json", cwd=project))
+    return project, changed, _dvc("exp", "run", "--name", "lr-half", cwd=project)
+
+
+@pytest.mark.slow
+@needs_mirror
+def test_a_changed_key_reruns_only_the_stages_that_read_it(built: Path, experiment):
+    lock, dvc = (yaml.safe_load((built / name).read_text()) for name in ("dvc.lock", "dvc.yaml"))
+    assert not _stale(lock, dvc)  # the check the committed dvc.lock gets, on a lock DVC wrote
+    dvc["stages"]["collect_toy"]["deps"].pop()
+    assert _stale(lock, dvc) == ["collect_toy"]
+    project, changed, ran = experiment
     assert set(changed) == TOY_TRAIN, changed  # downstream stages show once their inputs change
-    ran = _ran(_dvc("repro", cwd=project))
-    assert ran == TOY_TRAIN | {"collect_toy", "report_toy", "report_index"}, ran
+    assert _ran(ran) == TOY_TRAIN | {"collect_toy", "report_toy", "report_index"}, ran
     assert "up to date" in _dvc("status", cwd=project)
     # A forced rerun keeps the persisted run folder: the finished seed is kept, not retrained.
     rerun = _dvc("repro", "--force", "--single-item", "train_toy_copy", cwd=project)
@@ -179,24 +187,22 @@ def test_a_changed_key_reruns_only_the_stages_that_read_it(built: Path, tmp_path
 
 @pytest.mark.slow
 @needs_mirror
-def test_experiments_show_headline_metrics_and_curves(built: Path, tmp_path: Path):
-    project = _copy(built, tmp_path)
-    for name, lr in (("lr-half", 0.5), ("lr-double", 2.0)):
-        _dvc("exp", "run", "--name", name, "-S", f"studies.toy.train.lr={lr}", cwd=project)
+def test_experiments_show_headline_metrics_and_curves(experiment):
+    project, _, _ = experiment
     shown = json.loads(_dvc("exp", "show", "--json", cwd=project))
-    exps = {e["name"]: e for row in shown for e in [row] + [x for e in row.get("experiments") or []
-                                                             for x in e["revs"]]}
-    for name in ("lr-half", "lr-double"):
-        metrics = exps[name]["data"]["metrics"]["results/toy/metrics.json"]["data"]
-        assert isinstance(metrics["test_exact_match"]["copy"], float), exps[name]["data"]["metrics"]
-        assert "error" not in exps[name]["data"]["metrics"]["results/lm/metrics.json"]
+    rows = {e["name"]: e for row in shown for e in [row] + [x for e in row.get("experiments") or []
+                                                            for x in e["revs"]]}
+    for name in ("lr-half", "main"):  # the experiment and its baseline commit (branch main)
+        metrics = rows[name]["data"]["metrics"]["results/toy/metrics.json"]["data"]
+        assert isinstance(metrics["test_exact_match"]["copy"], float), rows[name]["data"]["metrics"]
+        assert "error" not in rows[name]["data"]["metrics"]["results/lm/metrics.json"]
     table = _dvc("exp", "show", "--only-changed", "--drop", ".*/", "--csv", cwd=project).splitlines()  # README's
     assert "studies.toy.train.lr" in table[0] and "test_exact_match.copy" in table[0], table[0]
     assert len(table[0].split(",")) <= 30 and not any("!" in row for row in table), table
-    plots = json.loads(_dvc("plots", "diff", "lr-half", "lr-double", "--json", cwd=project))
+    plots = json.loads(_dvc("plots", "diff", "HEAD", "lr-half", "--json", cwd=project))
     for plot in ("toy_loss", "toy_lr", "toy_grad_norm", "toy_valid_loss", "lm_loss"):
         revs = {d["rev"] for d in plots["data"][plot][0]["content"]["data"]["values"]}
-        assert revs == {"lr-half", "lr-double"}, (plot, revs)
+        assert revs == {"HEAD", "lr-half"}, (plot, revs)
 
 
 @pytest.mark.slow
