@@ -594,27 +594,25 @@ def test_cli_unknown_study_exits_2(tmp_path):
     assert done.stderr == "tdiag: error: unknown study 'nope'; studies: toy, wmt14, lm, lab\n"
 
 
-def test_validate_with_an_explicit_scale_does_not_import_torch():
-    # Only `scale: auto` may ask torch whether CUDA is present.
+def _validate_imports_torch(*overrides: str) -> bool:
+    """Whether `tdiag validate` of the committed params, in a fresh process, imported torch."""
     code = (
         "import sys; from tdiag.cli import main; "
-        f"assert main(['--params', {str(PARAMS)!r}, '--set', 'scale=smoke', 'validate']) == 0; "
-        "assert 'torch' not in sys.modules, 'torch was imported'"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-
-
-def test_scale_auto_imports_torch_only_where_torch_was_built_for_a_gpu():
-    code = (
-        "import sys; from tdiag.cli import main; "
-        f"assert main(['--params', {str(PARAMS)!r}, 'validate']) == 0; "
+        f"assert main(['--params', {str(PARAMS)!r}, *{list(overrides)!r}, 'validate']) == 0; "
         "print('torch' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    return done.stdout.split()[-1] == "True"
+
+
+def test_validate_with_an_explicit_scale_does_not_import_torch():
+    assert not _validate_imports_torch("--set", "scale=smoke")  # only `scale: auto` may ask torch
+
+
+def test_scale_auto_imports_torch_only_where_torch_was_built_for_a_gpu():
     gpu_build = torch.version.cuda is not None or torch.version.hip is not None
-    assert done.stdout.split()[-1] == str(gpu_build), "a CPU-only torch was imported to resolve scale: auto"
+    assert _validate_imports_torch() == gpu_build, "a CPU-only torch was imported to resolve scale: auto"
 
 
 @pytest.mark.parametrize("version_text, may", [
