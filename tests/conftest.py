@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections import Counter
 import sys
 from pathlib import Path
 
@@ -106,11 +107,8 @@ def pytest_collection_modifyitems(config, items):
     (`--dist loadfile --no-loadscope-reorder`), each taking the next module when it is
     done: the longest modules, a whole pipeline under DVC or Snakemake, start at once
     beside the rest instead of last."""
-    slow: dict[str, int] = {}
-    for item in items:
-        slow.setdefault(item.nodeid.split("::")[0], 0)
-        slow[item.nodeid.split("::")[0]] += item.get_closest_marker("slow") is not None
-    items.sort(key=lambda item: -slow[item.nodeid.split("::")[0]])  # stable: ties keep their order
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])  # stable: ties keep their order
 
 
 @pytest.fixture(autouse=True)
