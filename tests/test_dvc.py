@@ -21,7 +21,7 @@ import yaml
 
 from conftest import REPO, needs_mirror, tiny_params, write_params
 from test_pipeline import _check_outputs
-from tdiag import config, plan
+from tdiag import config, paths, plan
 from tdiag.config import yaml_text
 
 PROJECT_FILES = ("workflow", "notebooks", "src", "claims.yaml", ".dvc", ".dvcignore", ".gitignore")
@@ -219,6 +219,20 @@ def test_experiments_show_headline_metrics_and_curves(experiment):
     for plot in ("toy_loss", "toy_lr", "toy_grad_norm", "toy_valid_loss", "lm_loss"):
         revs = {d["rev"] for d in plots["data"][plot][0]["content"]["data"]["values"]}
         assert revs == {"HEAD", "lr-half"}, (plot, revs)
+
+
+@pytest.mark.slow
+@needs_mirror
+def test_an_edited_module_reruns_its_code_stage_then_exactly_the_stages_that_run_it(built: Path, tmp_path: Path):
+    project = _copy(built, tmp_path)
+    digests = str(paths.code_digests("check"))
+    runs_suite = {name for name, st in yaml.safe_load((project / "dvc.yaml").read_text())["stages"].items()
+                  if digests in st.get("deps", [])}
+    suite = project / "src/tdiag/checks/suite.py"
+    suite.write_text(suite.read_text() + "# an edit\n")
+    assert set(json.loads(_dvc("status", "--json", cwd=project))) == {"code_check"}
+    assert _ran(_dvc("repro", "--single-item", "code_check", cwd=project)) == {"code_check"}
+    assert runs_suite and set(json.loads(_dvc("status", "--json", cwd=project))) == runs_suite
 
 
 @pytest.mark.slow

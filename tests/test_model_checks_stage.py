@@ -26,7 +26,7 @@ def test_each_distinct_model_of_a_study_is_checked_once_before_its_page(tmp_path
         assert stage.args == ("check", "toy", run)
         assert stage.outs == (str(paths.run_checks("toy", run)),)
         assert str(paths.run_checks("toy", run)) in stages["report_toy"].deps
-        assert "src/tdiag/checks/suite.py" in stage.deps
+        assert "src/tdiag/checks/suite.py" in stage.code.files
     assert "check_toy_qk_wo_1" not in stages
     # A language-model run and its dataset: the check reads the prepared data.
     lm = stages["check_lm_01_lstm_1l_adam"]

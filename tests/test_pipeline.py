@@ -40,6 +40,9 @@ def test_every_stage_input_is_made_by_an_earlier_stage_or_is_source():
     for stage in plan.stages(config.load(REPO / "params.yaml")):
         for dep in stage.deps:
             assert dep in made or (REPO / dep).is_file(), f"{stage.name}: nothing makes {dep}"
+        assert stage.code, f"{stage.name}: a tdiag command without its source files"
+        for source in stage.code.files:
+            assert source.startswith("src/tdiag/") and (REPO / source).is_file(), f"{stage.name}: {source}"
         made.update(stage.outs)
 
 

@@ -161,6 +161,24 @@ def test_an_override_reruns_only_the_stages_whose_settings_it_changes(killed_the
 
 @pytest.mark.slow
 @needs_mirror
+def test_an_edited_module_reruns_exactly_the_stages_that_run_it(killed_then_finished, monkeypatch):
+    project, _ = killed_then_finished
+    monkeypatch.chdir(project)
+    runs_suite = {st.name for st in plan.stages(config.load("params.yaml"))
+                  if "src/tdiag/checks/suite.py" in st.code.files}
+    suite = project / "src/tdiag/checks/suite.py"
+    text = suite.read_text()
+    suite.write_text(text + "# an edit\n")
+    try:
+        jobs = _dry_run(project)
+    finally:
+        suite.write_text(text)
+    assert runs_suite and {rule for rule in jobs if rule.startswith(("data_", "train_", "check_"))} == runs_suite
+    assert _dry_run(project) == {}, "the same contents, newer on disk: nothing to redo"
+
+
+@pytest.mark.slow
+@needs_mirror
 def test_a_study_target_and_the_report_archive_hold_the_study_pages(killed_then_finished):
     project, _ = killed_then_finished
     assert _dry_run(project, "toy") == {}

@@ -84,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     estimate.add_argument("--jobs", type=int, default=None,
                           help="training jobs at once (default: GPUs x devices.jobs_per_gpu, or CPU cores)")
 
+    code = verbs.add_parser(
+        "code", help="write the SHA-256 digests of a stage's source files to results/code/<name>.sha256 "
+        "(DVC's code stages; params.yaml is not read)",
+    )
+    code.add_argument("name")
+    code.add_argument("files", nargs="+")
+
     stages = verbs.add_parser("stages", help="print the stage list, or dvc.yaml with --dvc")
     stages.add_argument("--dvc", action="store_true", help="print dvc.yaml generated from the stage list")
     return parser
@@ -91,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.verb == "code":  # what it digests is named on its command line, not configured
+        from tdiag.stage import write_code_digests
+
+        write_code_digests(args.name, tuple(args.files))
+        return 0
     cfg = config_mod.load(args.params, env_overrides(os.environ) + args.overrides)
     root = Path(".")
 

@@ -196,6 +196,11 @@ def report_index() -> Path:
     return REPORTS / "index.html"
 
 
+def code_digests(name: str) -> Path:
+    """The SHA-256 digests of a stage's source files (stage.Code), which DVC tracks."""
+    return RESULTS / "code" / f"{check_name(name)}.sha256"
+
+
 def stage_log(stage: str) -> Path:
     """What a Snakemake job of stage `stage` printed (its stdout and stderr)."""
     return RESULTS / "logs" / f"{check_name(stage)}.log"

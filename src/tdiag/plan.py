@@ -21,13 +21,13 @@ from tdiag import paths, resources
 from tdiag.config import SCALES, Config, ConfigError, RunConfig, StudyConfig
 from tdiag.digest import json_digest
 from tdiag.data.kinds import corpus_files, kind_of
-from tdiag.stage import PACKAGE_DIR, TRAINING, Stage, notebook_modules, source_files, stage_name
+from tdiag.stage import PACKAGE_DIR, TRAINING, Code, Stage, notebook_modules, source_files, stage_name
 
 
-TRAIN_CODE = source_files(TRAINING, "train/contract.py")
+TRAIN_CODE = Code("train", source_files(TRAINING, "train/contract.py"))
 """What `tdiag train` runs: the loop, and the check of a custom model's contract before it."""
-INDEX_CODE = source_files("report/index.py")
-CHECK_CODE = source_files("checks/runs.py")
+INDEX_CODE = Code("report_index", source_files("report/index.py"))
+CHECK_CODE = Code("check", source_files("checks/runs.py"))
 """What `tdiag check` runs (tdiag.checks): the model checks of one run's model."""
 
 
@@ -35,13 +35,13 @@ PAGE_TEMPLATE = tuple(str(PACKAGE_DIR / "report/templates/offline" / name) for n
 """The nbconvert template every study page is rendered with (report/render.py)."""
 
 
-def _report_code(study: str) -> tuple[str, ...]:
+def _report_code(study: str) -> Code:
     """What rendering a study's page runs: the modules its notebook imports, the renderer
     and its page template."""
     notebook = paths.notebook(study)
     # A missing notebook is named by the stage's own missing input, not here.
     modules = source_files("report/render.py", *(notebook_modules(notebook) if notebook.is_file() else ()))
-    return modules + PAGE_TEMPLATE
+    return Code(f"report_{study}", modules + PAGE_TEMPLATE)
 
 
 STUDY_KEYS = tuple(k for k in StudyConfig.model_fields if k not in ("runs", "grids", "priority"))
@@ -67,8 +67,9 @@ def _fetch_stage(corpus: str) -> Stage:
     return Stage(
         name=stage_name("data_fetch", corpus),
         args=("data", "fetch", corpus),
-        deps=source_files("data/corpora.py"),
+        deps=(),
         outs=corpus_files(corpus),
+        code=Code("data_fetch", source_files("data/corpora.py")),
         fingerprint=json_digest([source.name, source.url, source.checksum.value]),
     )
 
@@ -129,7 +130,8 @@ def _check_stages(cfg: Config, study: str) -> list[Stage]:
             Stage(
                 name=stage_name("check", study, run),
                 args=("check", study, run),
-                deps=_dataset_files(cfg, rc.dataset) + CHECK_CODE + _model_files(study, run, rc),
+                deps=_dataset_files(cfg, rc.dataset) + _model_files(study, run, rc),
+                code=CHECK_CODE,
                 outs=(str(paths.run_checks(study, run)),),
                 # The model and its data: a batch's shapes feed the checks, its training settings do not.
                 params=(f"studies.{study}.dataset", f"studies.{study}.model", *_run_keys(cfg, study, run), "scale"),
@@ -151,7 +153,8 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
             Stage(
                 name=stage_name("train", study, run),
                 args=("train", study, run),
-                deps=_dataset_files(cfg, rc.dataset) + TRAIN_CODE + _model_files(study, run, rc),
+                deps=_dataset_files(cfg, rc.dataset) + _model_files(study, run, rc),
+                code=TRAIN_CODE,
                 # The run summary, written after every seed, comes last: its presence means
                 # the run finished. The seed folders beside them are the stage's working files.
                 outs=(
@@ -175,7 +178,8 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
         Stage(
             name=stage_name("collect", study),
             args=("collect", study),
-            deps=tuple(summaries) + tuple(run_metrics) + source_files("report/collect.py"),
+            deps=tuple(summaries) + tuple(run_metrics),
+            code=Code("collect", source_files("report/collect.py")),
             outs=(table, headline),
             metrics=(headline,),
             fingerprint=json_digest(list(cfg.run_names(study))),
@@ -189,7 +193,8 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
             name=stage_name("report", study),
             args=("report", study),
             deps=(table, str(paths.notebook(study)), str(paths.CLAIMS)) + tuple(summaries)
-            + tuple(out for check in checks for out in check.outs) + _report_code(study),
+            + tuple(out for check in checks for out in check.outs),
+            code=_report_code(study),
             outs=(str(paths.study_verdicts(study)), str(paths.executed_notebook(study)), str(paths.report_page(study))),
             resources=resources.REPORT,
         )
@@ -228,7 +233,8 @@ def stages(cfg: Config) -> list[Stage]:
         Stage(
             name="report_index",
             args=("report", paths.REPORT_INDEX),
-            deps=tuple(pages) + tuple(tables) + tuple(verdicts) + INDEX_CODE,
+            deps=tuple(pages) + tuple(tables) + tuple(verdicts),
+            code=INDEX_CODE,
             outs=(str(paths.report_index()),),
             params=("scale",),
             fingerprint=json_digest([cfg.scale, cfg.resolved_scale, list(cfg.studies)]),
@@ -286,6 +292,15 @@ def dvc_file(cfg: Config, params: dict) -> str:
     return dvc_yaml(stages(cfg), params, dvc_plots(cfg))
 
 
+def _code_entry(code: Code) -> dict:
+    """The DVC stage that writes the digests of a stage's source files (stage.Code)."""
+    return {
+        "cmd": shlex.join(("tdiag", "code", code.name, *code.files)),
+        "deps": list(code.files),
+        "outs": [str(paths.code_digests(code.name))],
+    }
+
+
 def dvc_yaml(stage_list: list[Stage], params: dict, plots: list[dict] = ()) -> str:
     """dvc.yaml text for the stage list (generated, committed, kept equal by a test).
 
@@ -295,13 +310,24 @@ def dvc_yaml(stage_list: list[Stage], params: dict, plots: list[dict] = ()) -> s
     folder with `persist: true`: DVC deletes a declared output before its stage runs,
     and the folder's seed checkpoints, summaries and metrics are what a rerun resumes or
     keeps; the checkpoints themselves are left out of the cache by .dvcignore (large,
-    and only resume needs them).
+    and only resume needs them). A stage's source files reach it through its code
+    stage's digests (stage.Code), which only dvc.yaml has: Snakemake compares the digest
+    as a param.
     """
     doc: dict = {"stages": {}}
+    code_sets: dict[str, Code] = {}
     for st in stage_list:
         entry: dict = {"cmd": shlex.join(("tdiag", *st.args))}
-        if st.deps:
-            entry["deps"] = list(st.deps)
+        deps = list(st.deps)
+        if st.code:
+            if st.code.name not in code_sets:  # its stage comes before the first stage that runs it
+                code_sets[st.code.name] = st.code
+                doc["stages"][stage_name("code", st.code.name)] = _code_entry(st.code)
+            elif code_sets[st.code.name] != st.code:
+                raise ValueError(f"two different sets of source files are both named code '{st.code.name}'")
+            deps.append(str(paths.code_digests(st.code.name)))
+        if deps:
+            entry["deps"] = deps
         tracked = dvc_params(st.params, params)
         if tracked:
             entry["params"] = tracked

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from tdiag import paths
 from tdiag.digest import json_digest
+from tdiag.errors import UserError
 
 PACKAGE_DIR = Path("src") / "tdiag"
 TRAINING = "train/loop.py"
@@ -125,11 +128,55 @@ def _imported(tree: ast.AST, package: str) -> set[str]:
 
 
 @dataclass(frozen=True)
+class Code:
+    """The source files a stage's command runs (`source_files`), under a name that every
+    stage running the same files shares.
+
+    The files are not each a dependency of each stage: 130 stages of about 60 files each
+    made `dvc status` spend half a minute reading dvc.lock. DVC tracks them through one
+    stage per name, `code_<name>` (`tdiag code`), whose output lists their SHA-256
+    digests; a stage depends on that file, which DVC compares by content, so an edit
+    reruns that small stage, then exactly the stages whose code it changed. Snakemake
+    compares `digest()` as a param instead: a dependency on a file rewritten whenever a
+    source file is newer would rerun every stage after `git checkout`.
+    """
+
+    name: str
+    files: tuple[str, ...]
+
+    def digest(self) -> str:
+        """The digest of the files as found from the working folder (`digest_lines`)."""
+        return hashlib.sha256(digest_lines(self.files).encode()).hexdigest()[:16]
+
+
+def digest_lines(files: tuple[str, ...]) -> str:
+    """`sha256sum`'s lines for `files` (paths from the working folder): `sha256sum -c` checks them."""
+    lines = []
+    for name in files:
+        try:
+            data = Path(name).read_bytes()
+        except OSError as err:
+            raise UserError(f"cannot read source file {name}: {err.strerror}") from None
+        lines.append(f"{hashlib.sha256(data).hexdigest()}  {name}\n")
+    return "".join(lines)
+
+
+def write_code_digests(name: str, files: tuple[str, ...]) -> Path:
+    """`tdiag code NAME FILE...`: the digests of code set `name`, written atomically."""
+    from tdiag import atomic
+
+    out = paths.code_digests(name)
+    atomic.write_text(out, digest_lines(tuple(files)))
+    return out
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     args: tuple[str, ...]
     """Arguments of the `tdiag` command that runs the stage."""
     deps: tuple[str, ...]
+    """Files the command reads, its source files aside (`code`)."""
     outs: tuple[str, ...]
     params: tuple[str, ...] = ()
     """Configuration keys the stage reads, as key paths of params.yaml's base sections.
@@ -147,6 +194,8 @@ class Stage:
     """Snakemake's scheduling priority (the study's `priority`; DVC runs stages in order)."""
     fingerprint: str = field(default="", compare=False)
     """Digest of the resolved settings the stage uses: Snakemake reruns a rule when it changes."""
+    code: Optional[Code] = None
+    """The source files the command runs."""
     resources: Optional["tdiag.resources.Resources"] = field(default=None, compare=False)
     """What a scheduler gives the job (tdiag.resources), at the resolved scale: unlike the
     rest of the record it depends on the scale, so dvc.yaml never holds it. plan.stages

@@ -5,11 +5,14 @@
 # cluster executor turns them into its submission arguments, `gpu` included (the SLURM
 # plugin: `--gpus=1`), and a retry after the time limit gets the time again per attempt
 # (a training job resumes from its checkpoint). The `fingerprint` param is the
-# digest of the resolved settings the stage uses: Snakemake's params trigger reruns
-# the rule when it changes.
+# digest of the resolved settings the stage uses, the `code` param that of its source
+# files' contents (tdiag.stage.Code): Snakemake's params trigger reruns the rule when
+# either changes, and a source file's newer time alone (`git checkout`) reruns nothing.
 # Lint "Specify a conda environment or container for each rule." stays: every job runs
 # the interpreter Snakemake runs under (sys.executable), so its software is the project's
 # own environment (pyproject.toml); a conda env would be a second, unpinned copy of it.
+CODE_DIGESTS = {stage.code.name: stage.code.digest() for stage in STAGES if stage.code}
+
 for stage in STAGES:
 
     rule:
@@ -23,6 +26,7 @@ for stage in STAGES:
             str(paths.stage_log(stage.name)),
         params:
             fingerprint=stage.fingerprint,
+            code=CODE_DIGESTS[stage.code.name] if stage.code else "",
             cmd=shlex.join(TDIAG + list(stage.args)),
         threads: stage.resources.cpus
         priority: stage.priority

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from tdiag import paths
 from tdiag.digest import json_digest
-from tdiag.stage import Stage, source_files, stage_name
+from tdiag.stage import Code, Stage, source_files, stage_name
 
 if TYPE_CHECKING:
     from tdiag.config import DatasetConfig, LanguageModelTaskConfig, TrainConfig, TranslationTaskConfig
@@ -116,7 +116,8 @@ class Synthetic(DatasetKind):
             Stage(
                 name=stage_name("data_synth", name),
                 args=("data", "synth", name),
-                deps=source_files("data/synthetic.py"),
+                deps=(),
+                code=Code("data_synth", source_files("data/synthetic.py")),
                 outs=self.files(name),
                 params=(f"datasets.{name}",),
                 fingerprint=json_digest(ds.model_dump(mode="json")),
@@ -155,7 +156,8 @@ class Translation(DatasetKind):
             Stage(
                 name=stage_name("data_prepare", name),
                 args=("data", "prepare", name),
-                deps=fetched + source_files("data/translation.py", "data/wmt14.py"),
+                deps=fetched,
+                code=Code("data_prepare_translation", source_files("data/translation.py", "data/wmt14.py")),
                 outs=raw + tokenized,
                 params=settings,
                 fingerprint=digest,
@@ -163,7 +165,8 @@ class Translation(DatasetKind):
             Stage(
                 name=stage_name("bpe_learn", name),
                 args=("bpe", "learn", name),
-                deps=train_text + source_files("data/bpe.py"),
+                deps=train_text,
+                code=Code("bpe_learn", source_files("data/bpe.py")),
                 outs=(str(paths.bpe_codes(name)),),
                 params=settings,
                 fingerprint=digest,
@@ -171,8 +174,8 @@ class Translation(DatasetKind):
             Stage(
                 name=stage_name("bpe_apply", name),
                 args=("bpe", "apply", name),
-                deps=raw + tokenized + (str(paths.bpe_codes(name)),)
-                + source_files("data/bpe.py", "data/translation.py"),
+                deps=raw + tokenized + (str(paths.bpe_codes(name)),),
+                code=Code("bpe_apply", source_files("data/bpe.py", "data/translation.py")),
                 outs=tuple(str(paths.bpe_text(name, s, lang)) for s in paths.SPLITS for lang in langs)
                 + self.files(name),
                 params=settings,
@@ -204,7 +207,8 @@ class LanguageModel(DatasetKind):
             Stage(
                 name=stage_name("data_prepare", name),
                 args=("data", "prepare", name),
-                deps=sources + source_files("data/language_model.py"),
+                deps=sources,
+                code=Code("data_prepare_language_model", source_files("data/language_model.py")),
                 outs=(str(paths.lm_vocab(name)),) + self.files(name),
                 params=(f"datasets.{name}",),
                 fingerprint=json_digest(ds.model_dump(mode="json")),
