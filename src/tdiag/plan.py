@@ -95,11 +95,17 @@ def _run_entry(study: str, where: str) -> str:
     return f"studies.{study}.{section}" if "." in name else f"studies.{study}.{where}"
 
 
-def _run_keys(cfg: Config, study: str, run: str) -> tuple[str, ...]:
+def _run_entries(cfg: Config, study: str) -> dict[str, str]:
+    """Each run of `study` -> where it is defined (`runs.<run>` or `grids.<grid>`)."""
+    return {run: where for run, (where, _) in cfg.studies[study].run_overrides().items()}
+
+
+def _run_keys(cfg: Config, study: str, run: str, entries: dict[str, str]) -> tuple[str, ...]:
     """The params keys of a run's own settings: its entry, and for a run of one of
-    `own_models` the reference run's entry and that model's section."""
+    `own_models` the reference run's entry and that model's section. `entries` is
+    `_run_entries` of the study (computing it merges every run's overrides)."""
     rc = cfg.run(study, run)
-    where = cfg.studies[study].run_overrides()[rc.reference_run or run][0]
+    where = entries[rc.reference_run or run]
     own = (f"own_models.{rc.own_model}",) if rc.own_model else ()
     return (_run_entry(study, where),) + own
 
@@ -123,7 +129,7 @@ def checked_runs(cfg: Config, study: str) -> list[str]:
 
 
 def _check_stages(cfg: Config, study: str) -> list[Stage]:
-    stages = []
+    stages, entries = [], _run_entries(cfg, study)
     for run in checked_runs(cfg, study):
         rc = cfg.run(study, run)
         stages.append(
@@ -134,7 +140,7 @@ def _check_stages(cfg: Config, study: str) -> list[Stage]:
                 code=CHECK_CODE,
                 outs=(str(paths.run_checks(study, run)),),
                 # The model and its data: a batch's shapes feed the checks, its training settings do not.
-                params=(f"studies.{study}.dataset", f"studies.{study}.model", *_run_keys(cfg, study, run), "scale"),
+                params=(f"studies.{study}.dataset", f"studies.{study}.model", *_run_keys(cfg, study, run, entries), "scale"),
                 fingerprint=json_digest([cfg.resolved_scale, rc.dataset, rc.model.model_dump(mode="json")]),
                 resources=resources.CHECK,
             )
@@ -144,6 +150,7 @@ def _check_stages(cfg: Config, study: str) -> list[Stage]:
 
 def _study_stages(cfg: Config, study: str) -> list[Stage]:
     stages, summaries, run_metrics = [], [], []
+    entries = _run_entries(cfg, study)
     for run in cfg.run_names(study):
         rc = cfg.run(study, run)
         summary = str(paths.run_summary(study, run))
@@ -164,7 +171,7 @@ def _study_stages(cfg: Config, study: str) -> list[Stage]:
                     summary,
                 ),
                 params=tuple(f"studies.{study}.{key}" for key in STUDY_KEYS)
-                + _run_keys(cfg, study, run) + ("scale",),
+                + _run_keys(cfg, study, run, entries) + ("scale",),
                 folder=str(paths.run_dir(study, run)),
                 gpus=rc.train.devices,
                 priority=cfg.studies[study].priority,

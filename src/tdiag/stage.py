@@ -74,9 +74,16 @@ def _file_of(name: str) -> Optional[str]:
     """The path below src/tdiag of tdiag module `name`, or None (not a tdiag module)."""
     if name != "tdiag" and not name.startswith("tdiag."):
         return None
+    return _file_below(_SOURCE_ROOT, name)
+
+
+@functools.cache
+def _file_below(root: Path, name: str) -> Optional[str]:
+    """`_file_of`, looked up once per process: the stage list asks for every module's
+    file again from each closure it takes (tens of thousands of `stat`s otherwise)."""
     parts = name.split(".")[1:]
     for rel in (Path(*parts, "__init__.py") if parts else Path("__init__.py"), Path(*parts).with_suffix(".py") if parts else None):
-        if rel is not None and (_SOURCE_ROOT / rel).is_file():
+        if rel is not None and (root / rel).is_file():
             return rel.as_posix()
     return None
 
