@@ -2,6 +2,8 @@
 
 The Snakefile builds one rule per record and `dvc.yaml` is generated from the same
 records, so the two orchestrators always run the same commands on the same files.
+(`dvc.yaml` adds one `tdiag code` stage per set of source files: how DVC tracks a
+stage's code, which Snakemake compares as a param; stage.Code.)
 The list depends on which datasets, studies and runs exist, never on the scale or
 the machine (config validation guarantees that), so the committed dvc.yaml is right
 on a laptop and on a GPU server alike. Which params.yaml keys DVC tracks follows the

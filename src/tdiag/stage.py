@@ -172,7 +172,7 @@ def write_code_digests(name: str, files: tuple[str, ...]) -> Path:
     """`tdiag code NAME FILE...`: the digests of code set `name`, written atomically."""
     from tdiag import atomic
 
-    out = paths.code_digests(name)
+    out = paths.inside(Path("."), paths.code_digests(name))
     atomic.write_text(out, digest_lines(tuple(files)))
     return out
 
