@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -120,15 +121,9 @@ def test_dvc_reaches_each_stage_code_through_one_code_stage_per_set_of_files():
 def test_two_sets_of_files_under_one_name_are_refused():
     one = Stage(name="a", args=("a",), deps=(), outs=("x",), code=Code("shared", ("src/tdiag/paths.py",)))
     two = Stage(name="b", args=("b",), deps=(), outs=("y",), code=Code("shared", ("src/tdiag/errors.py",)))
-    plan.dvc_yaml([one, replace_name(one, "c")], params={})  # the same set twice is one code stage
+    plan.dvc_yaml([one, replace(one, name="c", outs=("z",))], params={})  # the same set twice: one code stage
     with pytest.raises(ValueError, match="shared"):
         plan.dvc_yaml([one, two], params={})
-
-
-def replace_name(st: Stage, name: str) -> Stage:
-    from dataclasses import replace
-
-    return replace(st, name=name, outs=(f"{name}.out",))
 
 
 def test_code_command_writes_digests_sha256sum_checks_without_reading_params(tmp_path, monkeypatch, capsys):
