@@ -28,6 +28,7 @@ from tdiag.models.init import init_weights
 from tdiag.models.attention import KVCache
 from tdiag.models.checkpointing import run_block
 from tdiag.models.transformer import DecodingCache, InputEmbedding, LearnedPositions, SelfAttentionLayer, _final_norm
+from tdiag.models.vocabulary_head import VocabularyHead
 
 
 class GPT(nn.Module):
@@ -46,7 +47,7 @@ class GPT(nn.Module):
         self.layers = nn.ModuleList(SelfAttentionLayer(cfg, causal=True) for _ in range(cfg.n_layers))
         self.checkpointing = cfg.checkpointing == "blocks"
         self.norm = _final_norm(cfg)
-        self.output = nn.Linear(cfg.d_model, vocab_size)
+        self.output = VocabularyHead(cfg.d_model, vocab_size)
         if cfg.tie_embeddings:
             self.output.weight = self.embed.tokens.weight
         init_weights(
@@ -61,14 +62,19 @@ class GPT(nn.Module):
         """An empty cache for generating up to `steps` positions (prompt included) with `forward`."""
         return DecodingCache([KVCache(steps) for _ in self.layers])
 
-    def forward(self, tokens: Tensor, cache: DecodingCache | None = None) -> Tensor:
+    def forward(self, tokens: Tensor, cache: DecodingCache | None = None, targets: Tensor | None = None,
+                label_smoothing: float = 0.0) -> Tensor:
         """cache: when generating, `tokens` continue the positions the cache holds: the
         prompt into an empty cache, then one token per call, each attending over the
-        cached keys and values instead of recomputing the prefix."""
+        cached keys and values instead of recomputing the prefix. targets (B, T): the
+        summed token cross-entropy instead of the logits
+        (`VocabularyHead.summed_cross_entropy`, which on the CPU never builds them)."""
         x = self.embed(tokens, start=0 if cache is None else cache.length)  # (B, T, d); refuses past max_len
         for i, layer in enumerate(self.layers):
             if cache is None:
                 x = run_block(layer, self.checkpointing, x)
             else:
                 x = layer(x, cache=cache.self_attn[i])
-        return self.output(self.norm(x))  # (B, T, V)
+        if targets is None:
+            return self.output(self.norm(x))  # (B, T, V)
+        return self.output.summed_cross_entropy(self.norm(x), targets, label_smoothing)

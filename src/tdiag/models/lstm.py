@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tdiag.config import ModelConfig
+from tdiag.models.vocabulary_head import VocabularyHead
 
 State = tuple[Tensor, Tensor]
 """(h, c): each (num_layers, B, H) for a stack, (B, H) for one cell."""
@@ -119,7 +120,8 @@ class LSTMScratch(nn.Module):
 class LSTMLanguageModel(nn.Module):
     """embedding (d_model) -> dropout -> LSTM (n_layers, hidden_size) -> dropout -> Linear to vocab.
 
-    forward(tokens (B, T), state or None) -> (logits (B, T, V), state). Passing the
+    forward(tokens (B, T), state or None) -> (logits (B, T, V), state); with `targets`,
+    (summed cross-entropy, state). Passing the
     returned state to the next contiguous segment continues the streams; detach it
     between segments for truncated backpropagation through time.
 
@@ -143,7 +145,7 @@ class LSTMLanguageModel(nn.Module):
             self.rnn = LSTMScratch(cfg.d_model, self.hidden_size, cfg.n_layers, dropout=between)
         else:
             raise ValueError(f"unknown lstm_impl {cfg.lstm_impl!r}; allowed: fused, scratch")
-        self.output = nn.Linear(self.hidden_size, vocab_size)
+        self.output = VocabularyHead(self.hidden_size, vocab_size)
         nn.init.uniform_(self.embedding.weight, -EMBEDDING_INIT_RANGE, EMBEDDING_INIT_RANGE)
         nn.init.uniform_(self.output.weight, -EMBEDDING_INIT_RANGE, EMBEDDING_INIT_RANGE)
         nn.init.zeros_(self.output.bias)
@@ -158,7 +160,15 @@ class LSTMLanguageModel(nn.Module):
         )
         return zeros, zeros.clone()
 
-    def forward(self, tokens: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
+    def forward(
+        self, tokens: Tensor, state: Optional[State] = None, targets: Optional[Tensor] = None,
+        label_smoothing: float = 0.0,
+    ) -> tuple[Tensor, State]:
+        """With `targets` (B, T), the summed token cross-entropy takes the logits' place
+        (`VocabularyHead.summed_cross_entropy`, which on the CPU never builds them)."""
         x = self.dropout(self.embedding(tokens))  # (B, T, d)
         x, state = self.rnn(x, state)  # (B, T, H); state: 2 x (L, B, H)
-        return self.output(self.dropout(x)), state  # (B, T, V)
+        x = self.dropout(x)
+        if targets is None:
+            return self.output(x), state  # (B, T, V)
+        return self.output.summed_cross_entropy(x, targets, label_smoothing), state

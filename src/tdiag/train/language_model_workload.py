@@ -28,6 +28,7 @@ from tdiag.config import LanguageModelTaskConfig, TrainConfig
 from tdiag.data.language_model import Vocabulary, batchify, n_segments, segment
 from tdiag.errors import UserError
 from tdiag.models import decoding
+from tdiag.models.gpt import GPT
 from tdiag.models.lstm import LSTMLanguageModel
 from tdiag.models.modes import evaluating
 from tdiag.train import distributed
@@ -88,21 +89,29 @@ class LanguageModelWorkload:
         n_tokens = targets.numel()
         return StepBatch(micro, n_tokens, {"tokens": n_tokens}, whole=(inputs, targets))
 
-    def _logits(self, model, inputs: torch.Tensor, state):
-        """Next-token logits (B, L, V) and the state to carry (LSTM) or None (GPT)."""
-        if isinstance(distributed.unwrapped(model), LSTMLanguageModel):
-            return model(inputs, state)
-        return model(inputs), None
+    def _summed_loss(self, model, inputs: torch.Tensor, targets: torch.Tensor, state, label_smoothing: float = 0.0):
+        """The token cross-entropy summed over the segment, and the state to carry (LSTM)
+        or None.
+
+        The project's LMs score `targets` in their own forward (`VocabularyHead`: on the
+        CPU without building the logits); a user's model returns logits, scored here."""
+        unwrapped = distributed.unwrapped(model)
+        if isinstance(unwrapped, LSTMLanguageModel):
+            return model(inputs, state, targets=targets, label_smoothing=label_smoothing)
+        if isinstance(unwrapped, GPT):
+            return model(inputs, targets=targets, label_smoothing=label_smoothing), None
+        logits = model(inputs)  # (B, L, V)
+        loss = F.cross_entropy(
+            logits.float().flatten(0, 1), targets.flatten(), label_smoothing=label_smoothing, reduction="sum"
+        )
+        return loss, None
 
     def loss(self, model, micro, n_tokens: int, label_smoothing: float) -> torch.Tensor:
         """Summed token cross-entropy of one micro-batch divided by the step's token count."""
         inputs, targets = micro
-        logits, state = self._logits(model, inputs, self._state)
+        loss, state = self._summed_loss(model, inputs, targets, self._state, label_smoothing)
         if state is not None:
             self._state = tuple(s.detach() for s in state)  # truncated BPTT
-        loss = F.cross_entropy(
-            logits.float().flatten(0, 1), targets.flatten(), label_smoothing=label_smoothing, reduction="sum"
-        )
         return loss / n_tokens
 
     @torch.no_grad()
@@ -114,8 +123,8 @@ class LanguageModelWorkload:
         with evaluating(model):
             for start in range(0, data.size(1) - 1, self.bptt):
                 inputs, targets = segment(data, start, self.bptt)
-                logits, state = self._logits(model, inputs, state)
-                loss_sum += F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
+                loss, state = self._summed_loss(model, inputs, targets, state)
+                loss_sum += loss
                 n_tokens += targets.numel()
         loss = float(loss_sum) / n_tokens
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": n_tokens}

@@ -1,0 +1,167 @@
+"""The language models' output layer: next-token logits, or their summed cross-entropy without them.
+
+`VocabularyHead` is `nn.Linear` (the same parameters and state-dict keys; tying its
+weight to an embedding works as before) with one more method, `summed_cross_entropy(x,
+targets)`: the value of
+
+    F.cross_entropy(head(x).float().flatten(0, -2), targets.flatten(),
+                    label_smoothing=eps, reduction="sum")
+
+within float rounding, with the same gradients. On the CPU in float32 or float64 it
+never builds the (tokens, V) logits; everywhere else (a GPU, autocast, torch.compile's
+tracing) it is exactly that line.
+
+Why: a word-level LM on the CPU spends about three quarters of its step in the output
+layer (benchmarks/RESULTS.md, "The LSTM against word_language_model"). Two things make
+the plain line slow there, and both are measured there:
+
+- MKL runs the (N, d) x (d, V) product of a large vocabulary at about half the speed of
+  its square products on this CPU (AVX2, no AVX-512); the same product cut into slices
+  of `CHUNK` vocabulary rows, (CHUNK, d) x (d, N) each, runs at full speed.
+- log-softmax and its backward are three passes over the logits, and the logits, the
+  log-probabilities and their gradient are three (N, V) tensors.
+
+So the logits are computed transposed, (V, N), one slice at a time, and each slice is
+exponentiated while it is in cache: one (V, N) buffer of exp(logits) replaces all three,
+and the backward is three matrix products per slice with no element-wise pass over it.
+The exponentials are taken without first subtracting each token's largest logit, which
+saves a pass; exp in floating point is exact relative to its own size, so this is as
+accurate as long as no sum of exponentials overflows or all but vanishes. When a token's
+sum falls outside [`SUM_RANGE`] (a logit above about 87, or all of a token's logits below
+about -46), the forward is done again with each token's largest logit subtracted, as
+log-softmax does; a NaN anywhere gives a NaN loss, as it does there.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+CHUNK = 1024
+"""Vocabulary rows per slice: (1024, d) x (d, N) products ran at MKL's full speed on this
+CPU, and one slice of exponentials (1024 x N floats) stays in cache."""
+
+SUM_RANGE = (1e-20, 1e38)
+"""Sums of unshifted exponentials accepted per token; outside it the shifted forward runs."""
+
+
+class VocabularyHead(nn.Linear):
+    """`nn.Linear(d, V)` for next-token prediction; see the module's docstring."""
+
+    def summed_cross_entropy(self, x: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        """The cross-entropy of `self(x)` against `targets`, summed over tokens.
+
+        x (..., d) and targets (...) of the same leading shape; every target is scored
+        (language-model segments have no padding)."""
+        x, targets = x.reshape(-1, x.size(-1)), targets.reshape(-1)
+        if _chunked(x, self.weight):
+            return _ChunkedLinearCrossEntropy.apply(x, self.weight, self.bias, targets, label_smoothing)
+        return F.cross_entropy(self(x).float(), targets, label_smoothing=label_smoothing, reduction="sum")
+
+
+def _chunked(x: Tensor, weight: Tensor) -> bool:
+    """Where the chunked computation runs: the CPU, in plain float32 or float64 (autocast
+    and torch.compile keep the plain line, whose dtypes and graph they manage)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and weight.dtype == x.dtype
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+    )
+
+
+def _slices(size: int) -> list[slice]:
+    return [slice(start, min(start + CHUNK, size)) for start in range(0, size, CHUNK)]
+
+
+def _logits_into(out: Tensor, rows: slice, x_t: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """The logits of vocabulary rows `rows` for every token, (rows, N), written into `out`."""
+    if bias is None:
+        return torch.mm(weight[rows], x_t, out=out)
+    return torch.addmm(bias[rows, None], weight[rows], x_t, out=out)
+
+
+def _exponentials(x: Tensor, weight: Tensor, bias: Tensor | None, shift: Tensor | None) -> tuple[Tensor, Tensor]:
+    """exp(logits - shift) as (V, N), and its sum over the vocabulary per token (N,)."""
+    exps = x.new_empty(weight.size(0), x.size(0))
+    sums = x.new_zeros(x.size(0))
+    x_t = x.t()
+    for rows in _slices(weight.size(0)):
+        block = _logits_into(exps[rows], rows, x_t, weight, bias)
+        if shift is not None:
+            block.sub_(shift)
+        sums.add_(block.exp_().sum(0))
+    return exps, sums
+
+
+def _largest_logits(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """Each token's largest logit (N,), one slice at a time."""
+    largest = x.new_full((x.size(0),), -torch.inf)
+    block = x.new_empty(min(CHUNK, weight.size(0)), x.size(0))
+    x_t = x.t()
+    for rows in _slices(weight.size(0)):
+        logits = _logits_into(block[: rows.stop - rows.start], rows, x_t, weight, bias)
+        largest = torch.maximum(largest, logits.amax(0))  # NaN stays NaN
+    return largest
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """sum_n CE(W x_n + b, t_n) with label smoothing eps: per token,
+    lse_n - (1 - eps) z_n[t_n] - eps mean_v z_n[v], whose gradient with respect to the
+    logits is softmax_n - (1 - eps) onehot(t_n) - eps / V."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, targets, label_smoothing):
+        exps, sums = _exponentials(x, weight, bias, None)
+        shift = None
+        low, high = SUM_RANGE
+        if not bool(((sums > low) & (sums < high)).all()):
+            shift = _largest_logits(x, weight, bias)
+            exps, sums = _exponentials(x, weight, bias, shift)
+        log_sums = sums.log() if shift is None else sums.log() + shift  # (N,)
+        target_logits = (x * weight[targets]).sum(1)
+        if bias is not None:
+            target_logits = target_logits + bias[targets]
+        losses = log_sums - (1.0 - label_smoothing) * target_logits
+        if label_smoothing:
+            mean_logits = x @ weight.mean(0)
+            if bias is not None:
+                mean_logits = mean_logits + bias.mean()
+            losses = losses - label_smoothing * mean_logits
+        ctx.save_for_backward(x, weight, exps, sums, targets)
+        ctx.label_smoothing, ctx.has_bias = label_smoothing, bias is not None
+        return losses.sum()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight, exps, sums, targets = ctx.saved_tensors
+        eps, n_tokens, vocab = ctx.label_smoothing, x.size(0), weight.size(0)
+        scale = grad / sums  # (N,): softmax = exps * (1 / sums), times the incoming gradient
+        scaled_x = x * scale[:, None]
+        grad_weight = torch.empty_like(weight)
+        grad_bias = weight.new_empty(vocab) if ctx.has_bias else None
+        summed = torch.zeros_like(x)  # sum_v exps[v, n] W_v
+        for rows in _slices(vocab):
+            block = exps[rows]
+            torch.mm(block, scaled_x, out=grad_weight[rows])
+            if grad_bias is not None:
+                torch.mv(block, scale, out=grad_bias[rows])
+            summed.addmm_(block.t(), weight[rows])
+        grad_x = summed.mul_(scale[:, None])
+        # The targets' share, -(1 - eps) grad at each (t_n, n), and the smoothing's -eps grad / V everywhere.
+        hit = (1.0 - eps) * grad
+        grad_x.sub_(hit * weight[targets])
+        grad_weight.index_add_(0, targets, x * -hit)
+        if grad_bias is not None:
+            grad_bias.index_add_(0, targets, (-hit).expand(n_tokens))
+        if eps:
+            spread = eps * grad / vocab
+            grad_x.sub_(spread * weight.sum(0))
+            grad_weight.sub_(spread * x.sum(0))
+            if grad_bias is not None:
+                grad_bias.sub_(spread * n_tokens)
+        return grad_x, grad_weight, grad_bias, None, None

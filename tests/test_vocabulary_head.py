@@ -1,0 +1,136 @@
+"""The LMs' output layer: its summed cross-entropy equals F.cross_entropy on its logits,
+in value and gradients, on the CPU's chunked path and on the plain one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tdiag.config import ModelConfig, TrainConfig
+from tdiag.models import build_model, vocabulary_head
+from tdiag.models.vocabulary_head import VocabularyHead
+from tdiag.train.language_model_workload import LanguageModelWorkload
+from test_lm_workload import prepared
+
+D = 16
+
+
+def head(vocab: int, bias: bool = True, seed: int = 0) -> VocabularyHead:
+    torch.manual_seed(seed)
+    return VocabularyHead(D, vocab, bias=bias)
+
+
+def plain(layer: VocabularyHead, x, targets, label_smoothing=0.0):
+    return F.cross_entropy(layer(x).float().flatten(0, -2), targets.flatten(),
+                           label_smoothing=label_smoothing, reduction="sum")
+
+
+def loss_and_grads(loss_fn, layer: VocabularyHead, x: torch.Tensor):
+    x = x.detach().requires_grad_()
+    loss = loss_fn(x)
+    return loss.detach(), torch.autograd.grad(loss, [x, *layer.parameters()])
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("bias", [True, False])
+def test_summed_cross_entropy_equals_cross_entropy_on_the_logits_and_its_gradients(label_smoothing, bias):
+    vocab = 2 * vocabulary_head.CHUNK + 37  # three slices, the last one short
+    layer = head(vocab, bias)
+    x, targets = torch.randn(3, 5, D), torch.randint(0, vocab, (3, 5))
+    chunked = loss_and_grads(lambda x: layer.summed_cross_entropy(x, targets, label_smoothing), layer, x)
+    reference = loss_and_grads(lambda x: plain(layer, x, targets, label_smoothing), layer, x)
+    assert chunked[0].item() == pytest.approx(reference[0].item(), rel=1e-6)
+    for ours, theirs in zip(chunked[1], reference[1]):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_pass_gradcheck_in_float64_across_slices(monkeypatch):
+    monkeypatch.setattr(vocabulary_head, "CHUNK", 4)
+    layer = head(11).double()
+    x, targets = torch.randn(6, D, dtype=torch.float64, requires_grad=True), torch.randint(0, 11, (6,))
+
+    def loss(x, weight, bias):
+        return vocabulary_head._ChunkedLinearCrossEntropy.apply(x, weight, bias, targets, 0.2)
+
+    assert torch.autograd.gradcheck(loss, (x, layer.weight, layer.bias))
+
+
+@pytest.mark.parametrize("scale, offset", [(400.0, 0.0), (1.0, -500.0)], ids=["exp overflows", "exp vanishes"])
+def test_logits_beyond_exps_range_still_give_cross_entropys_value(scale, offset):
+    layer = head(3000)
+    with torch.no_grad():
+        layer.weight.mul_(scale)
+        layer.bias.add_(offset)
+    x, targets = torch.randn(4, D), torch.randint(0, 3000, (4,))
+    chunked = loss_and_grads(lambda x: layer.summed_cross_entropy(x, targets), layer, x)
+    reference = loss_and_grads(lambda x: plain(layer, x, targets), layer, x)
+    assert torch.isfinite(chunked[0])
+    assert chunked[0].item() == pytest.approx(reference[0].item(), rel=1e-5)
+    for ours, theirs in zip(chunked[1], reference[1]):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_a_nan_input_gives_a_nan_loss():
+    layer = head(50)
+    x = torch.randn(3, D)
+    x[1, 2] = float("nan")
+    assert torch.isnan(layer.summed_cross_entropy(x, torch.tensor([1, 2, 3])))
+
+
+def test_under_autocast_it_is_cross_entropy_on_the_autocast_logits():
+    layer = head(300)
+    x, targets = torch.randn(8, D), torch.randint(0, 300, (8,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = layer.summed_cross_entropy(x, targets)
+        theirs = plain(layer, x, targets)
+    assert ours.item() == theirs.item()
+
+
+def lm(arch: str, vocab: int, **overrides) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch=arch, d_model=D, n_heads=2, d_ff=32, n_layers=2, max_len=16, **overrides)
+    return build_model(cfg, vocab, vocab).eval()
+
+
+@pytest.mark.parametrize("arch, overrides", [("lstm", {}), ("gpt", {}), ("gpt", {"tie_embeddings": True})],
+                         ids=["lstm", "gpt", "gpt-tied"])
+def test_an_lm_given_targets_returns_the_summed_cross_entropy_of_its_logits(arch, overrides):
+    vocab = vocabulary_head.CHUNK + 5
+    tokens, targets = torch.randint(0, vocab, (2, 7)), torch.randint(0, vocab, (2, 7))
+    model = lm(arch, vocab, **overrides)
+
+    def scored(with_targets: bool):
+        model.zero_grad()
+        if with_targets:
+            out = model(tokens, targets=targets, label_smoothing=0.1)
+        else:
+            logits = model(tokens)
+            logits = logits[0] if arch == "lstm" else logits  # the LSTM returns (logits, state)
+            out = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), label_smoothing=0.1, reduction="sum")
+        loss = out[0] if isinstance(out, tuple) else out
+        loss.backward()
+        return loss.item(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    (ours, ours_grads), (theirs, their_grads) = scored(True), scored(False)
+    assert ours == pytest.approx(theirs, rel=1e-6)
+    for name in their_grads:
+        torch.testing.assert_close(ours_grads[name], their_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("arch", ["lstm", "gpt"])
+def test_the_lm_workload_trains_and_evaluates_the_project_lms_without_the_logits(tmp_path: Path, arch, monkeypatch):
+    folder, meta = prepared(tmp_path)
+    workload = LanguageModelWorkload(folder, meta, TrainConfig(epochs=1, max_steps=None, bptt=8, batch_size=4),
+                                     torch.device("cpu"))
+    model = lm(arch, meta["vocab_size"])
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the (tokens, V) logits were scored by F.cross_entropy")
+
+    monkeypatch.setattr(F, "cross_entropy", refused)
+    batch = workload.train_batch(1, seed=0)
+    workload.loss(model, batch.micro[0], batch.n_tokens, 0.1).backward()
+    assert workload.evaluate(model, "valid")["tokens"] > 0
