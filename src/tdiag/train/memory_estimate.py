@@ -37,8 +37,9 @@ T = train.bptt. Per token and layer, with h = model.n_heads:
     LSTM layer:           13H  (gate pre- and post-activations, cell, tanh(cell), output, mask)
 
 plus 2d per token for each embedding, 4 V_t per target token for the logits (logits,
-their fp32 copy for the loss, its log-softmax, and their gradient), and one more layer
-for the gradients flowing back.
+their fp32 copy for the loss, its log-softmax, and their gradient; the language models
+on the CPU keep one such buffer instead, models/vocabulary_head.py, so there it errs
+higher), and one more layer for the gradients flowing back.
 
 For the committed params.yaml the largest run is wmt14's overfit: about 0.4 GiB at
 smoke and 1.2 GiB at full (with a 4,200-token BPE vocabulary), and no run exceeds
