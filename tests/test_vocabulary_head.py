@@ -37,7 +37,7 @@ def loss_and_grads(loss_fn, layer: VocabularyHead, x: torch.Tensor):
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("bias", [True, False])
 def test_summed_cross_entropy_equals_cross_entropy_on_the_logits_and_its_gradients(label_smoothing, bias):
-    vocab = 2 * vocabulary_head.CHUNK + 37  # three slices, the last one short
+    vocab = 2 * vocabulary_head.slice_rows() + 37  # three slices, the last one short
     layer = head(vocab, bias)
     x, targets = torch.randn(3, 5, D), torch.randint(0, vocab, (3, 5))
     chunked = loss_and_grads(lambda x: layer.summed_cross_entropy(x, targets, label_smoothing), layer, x)
@@ -48,7 +48,7 @@ def test_summed_cross_entropy_equals_cross_entropy_on_the_logits_and_its_gradien
 
 
 def test_gradients_pass_gradcheck_in_float64_across_slices(monkeypatch):
-    monkeypatch.setattr(vocabulary_head, "CHUNK", 4)
+    monkeypatch.setattr(vocabulary_head, "slice_rows", lambda: 4)
     layer = head(11).double()
     x, targets = torch.randn(6, D, dtype=torch.float64, requires_grad=True), torch.randint(0, 11, (6,))
 
@@ -98,7 +98,7 @@ def lm(arch: str, vocab: int, **overrides) -> torch.nn.Module:
 @pytest.mark.parametrize("arch, overrides", [("lstm", {}), ("gpt", {}), ("gpt", {"tie_embeddings": True})],
                          ids=["lstm", "gpt", "gpt-tied"])
 def test_an_lm_given_targets_returns_the_summed_cross_entropy_of_its_logits(arch, overrides):
-    vocab = vocabulary_head.CHUNK + 5
+    vocab = vocabulary_head.slice_rows() + 5
     tokens, targets = torch.randint(0, vocab, (2, 7)), torch.randint(0, vocab, (2, 7))
     model = lm(arch, vocab, **overrides)
 

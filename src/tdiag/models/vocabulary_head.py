@@ -12,12 +12,12 @@ never builds the (tokens, V) logits; everywhere else (a GPU, autocast, torch.com
 tracing) it is exactly that line.
 
 Why: a word-level LM on the CPU spends about three quarters of its step in the output
-layer (benchmarks/RESULTS.md, "The LSTM against word_language_model"). Two things make
-the plain line slow there, and both are measured there:
+layer. Two things make the plain line slow there (benchmarks/RESULTS.md, "The LM output
+layer on the CPU"):
 
-- MKL runs the (N, d) x (d, V) product of a large vocabulary at about half the speed of
-  its square products on this CPU (AVX2, no AVX-512); the same product cut into slices
-  of `CHUNK` vocabulary rows, (CHUNK, d) x (d, N) each, runs at full speed.
+- MKL runs the (N, d) x (d, V) product of a large vocabulary at 50-65% of the speed of
+  its square products on this CPU (AMD, AVX2); the same product cut into slices
+  of vocabulary rows (`slice_rows`), (rows, d) x (d, N) each, runs near its full speed.
 - log-softmax and its backward are three passes over the logits, and the logits, the
   log-probabilities and their gradient are three (N, V) tensors.
 
@@ -39,9 +39,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-CHUNK = 1024
-"""Vocabulary rows per slice: (1024, d) x (d, N) products ran at MKL's full speed on this
-CPU, and one slice of exponentials (1024 x N floats) stays in cache."""
+ROWS_PER_THREAD = 512
+"""Vocabulary rows per slice and torch thread. For the WikiText-2 LSTM's layer (N 700, d
+200, V 13,777) with its loss, forward and backward, on this CPU: one thread 144-149 ms
+with 512 rows against 155-164 ms with 1,024; two threads 84-85 ms with 1,024 rows against
+87-92 ms with 512 (benchmarks/output_layer_products.py, RESULTS.md)."""
+
+
+def slice_rows() -> int:
+    """Vocabulary rows per slice: `ROWS_PER_THREAD` for each of torch's threads, so each
+    thread's share of a slice of exponentials stays about the same size in cache."""
+    return ROWS_PER_THREAD * torch.get_num_threads()
 
 SUM_RANGE = (1e-20, 1e38)
 """Sums of unshifted exponentials accepted per token; outside it the shifted forward runs."""
@@ -74,7 +82,8 @@ def _chunked(x: Tensor, weight: Tensor) -> bool:
 
 
 def _slices(size: int) -> list[slice]:
-    return [slice(start, min(start + CHUNK, size)) for start in range(0, size, CHUNK)]
+    rows = slice_rows()
+    return [slice(start, min(start + rows, size)) for start in range(0, size, rows)]
 
 
 def _logits_into(out: Tensor, rows: slice, x_t: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -100,7 +109,7 @@ def _exponentials(x: Tensor, weight: Tensor, bias: Tensor | None, shift: Tensor 
 def _largest_logits(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """Each token's largest logit (N,), one slice at a time."""
     largest = x.new_full((x.size(0),), -torch.inf)
-    block = x.new_empty(min(CHUNK, weight.size(0)), x.size(0))
+    block = x.new_empty(min(slice_rows(), weight.size(0)), x.size(0))
     x_t = x.t()
     for rows in _slices(weight.size(0)):
         logits = _logits_into(block[: rows.stop - rows.start], rows, x_t, weight, bias)
