@@ -45,14 +45,14 @@ ROWS_PER_THREAD = 512
 with 512 rows against 155-164 ms with 1,024; two threads 84-85 ms with 1,024 rows against
 87-92 ms with 512 (benchmarks/output_layer_products.py, RESULTS.md)."""
 
+SUM_RANGE = (1e-20, 1e38)
+"""Sums of unshifted exponentials accepted per token; outside it the shifted forward runs."""
+
 
 def slice_rows() -> int:
     """Vocabulary rows per slice: `ROWS_PER_THREAD` for each of torch's threads, so each
     thread's share of a slice of exponentials stays about the same size in cache."""
     return ROWS_PER_THREAD * torch.get_num_threads()
-
-SUM_RANGE = (1e-20, 1e38)
-"""Sums of unshifted exponentials accepted per token; outside it the shifted forward runs."""
 
 
 class VocabularyHead(nn.Linear):
