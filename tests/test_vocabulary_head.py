@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tdiag.config import ModelConfig, TrainConfig
-from tdiag.models import build_model, vocabulary_head
+from tdiag.config import TrainConfig
+from tdiag.models import vocabulary_head
 from tdiag.models.vocabulary_head import VocabularyHead
 from tdiag.train.language_model_workload import LanguageModelWorkload
-from test_lm_workload import prepared
+from test_lm_workload import lm_model, prepared
 
 D = 16
 
@@ -89,18 +89,12 @@ def test_under_autocast_it_is_cross_entropy_on_the_autocast_logits():
     assert ours.item() == theirs.item()
 
 
-def lm(arch: str, vocab: int, **overrides) -> torch.nn.Module:
-    torch.manual_seed(0)
-    cfg = ModelConfig(arch=arch, d_model=D, n_heads=2, d_ff=32, n_layers=2, max_len=16, **overrides)
-    return build_model(cfg, vocab, vocab).eval()
-
-
 @pytest.mark.parametrize("arch, overrides", [("lstm", {}), ("gpt", {}), ("gpt", {"tie_embeddings": True})],
                          ids=["lstm", "gpt", "gpt-tied"])
 def test_an_lm_given_targets_returns_the_summed_cross_entropy_of_its_logits(arch, overrides):
     vocab = vocabulary_head.slice_rows() + 5
     tokens, targets = torch.randint(0, vocab, (2, 7)), torch.randint(0, vocab, (2, 7))
-    model = lm(arch, vocab, **overrides)
+    model = lm_model(arch, vocab, **overrides).eval()
 
     def scored(with_targets: bool):
         model.zero_grad()
@@ -125,7 +119,7 @@ def test_the_lm_workload_trains_and_evaluates_the_project_lms_without_the_logits
     folder, meta = prepared(tmp_path)
     workload = LanguageModelWorkload(folder, meta, TrainConfig(epochs=1, max_steps=None, bptt=8, batch_size=4),
                                      torch.device("cpu"))
-    model = lm(arch, meta["vocab_size"])
+    model = lm_model(arch, meta["vocab_size"])
 
     def refused(*args, **kwargs):
         raise AssertionError("the (tokens, V) logits were scored by F.cross_entropy")
