@@ -41,7 +41,7 @@ def main() -> None:
     devices.retain_freed_host_memory()  # as every CPU training run
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    vocab, chunk = args.vocab, vocabulary_head.slice_rows()
+    vocab = args.vocab
     head = VocabularyHead(WIDTH, vocab)
     x, targets = torch.randn(TOKENS, WIDTH), torch.randint(0, vocab, (TOKENS,))
     grad_logits = torch.randn(TOKENS, vocab)
@@ -49,10 +49,9 @@ def main() -> None:
     transposed = torch.empty(vocab, TOKENS)
     weight, bias = head.weight.detach(), head.bias.detach()
 
-    def sliced_logits() -> None:
-        for start in range(0, vocab, chunk):
-            torch.addmm(bias[start:start + chunk, None], weight[start:start + chunk], x.t(),
-                        out=transposed[start:start + chunk])
+    def sliced_logits() -> None:  # VocabularyHead's products alone, without the exponentials
+        for rows in vocabulary_head._slices(vocab):
+            vocabulary_head._logits_into(transposed[rows], rows, x.t(), weight, bias)
 
     def layer_and_loss(scored_by_the_head: bool):
         def run() -> None:
@@ -69,7 +68,7 @@ def main() -> None:
     cases = {
         "square 2048 x 2048 x 2048": (lambda: square @ square, 2 * 2048 ** 3),
         "logits, F.linear (N, d) x (d, V)": (lambda: F.linear(x, weight, bias), product),
-        f"logits, {chunk}-row slices, transposed": (sliced_logits, product),
+        f"logits, {vocabulary_head.slice_rows()}-row slices, transposed": (sliced_logits, product),
         "dW = G^T x": (lambda: grad_logits.t() @ x, product),
         "dx = G W": (lambda: grad_logits @ weight, product),
         "layer + loss, logits then F.cross_entropy": (layer_and_loss(False), 3 * product),
