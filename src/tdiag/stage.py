@@ -144,9 +144,8 @@ class Code:
     tracks them through one stage per name, `code_<name>` (`tdiag code`), whose output
     lists their SHA-256 digests; a stage depends on that file, which DVC compares by
     content, so an edit reruns that small stage, then exactly the stages whose code it
-    changed. Snakemake
-    compares `digest()` as a param instead: a dependency on a file rewritten whenever a
-    source file is newer would rerun every stage after `git checkout`.
+    changed. Snakemake compares `digest()` as a param instead: a dependency on a file
+    rewritten whenever a source file is newer would rerun every stage after `git checkout`.
     """
 
     name: str
