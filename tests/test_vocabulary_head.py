@@ -18,6 +18,24 @@ from test_lm_workload import lm_model, prepared
 D = 16
 
 
+@pytest.fixture(autouse=True)
+def sliced_at_any_size(monkeypatch):
+    """These tests' vocabularies are small: let the sliced path take them all the same."""
+    monkeypatch.setattr(vocabulary_head, "MIN_VOCABULARY", 0)
+
+
+def test_below_the_minimum_vocabulary_it_is_cross_entropy_on_the_logits(monkeypatch):
+    layer = head(300)
+    monkeypatch.setattr(vocabulary_head, "MIN_VOCABULARY", 301)
+
+    def refused(*args):
+        raise AssertionError("sliced below MIN_VOCABULARY")
+
+    monkeypatch.setattr(vocabulary_head._ChunkedLinearCrossEntropy, "apply", refused)
+    x, targets = torch.randn(8, D), torch.randint(0, 300, (8,))
+    assert layer.summed_cross_entropy(x, targets).item() == plain(layer, x, targets).item()
+
+
 def head(vocab: int, bias: bool = True, seed: int = 0) -> VocabularyHead:
     torch.manual_seed(seed)
     return VocabularyHead(D, vocab, bias=bias)

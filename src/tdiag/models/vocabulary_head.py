@@ -7,9 +7,10 @@ targets)`: the value of
     F.cross_entropy(head(x).float().flatten(0, -2), targets.flatten(),
                     label_smoothing=eps, reduction="sum")
 
-within float rounding, with the same gradients. On the CPU in float32 or float64 it
-never builds the (tokens, V) logits; everywhere else (a GPU, autocast, torch.compile's
-tracing) it is exactly that line.
+within float rounding, with the same gradients. On the CPU in float32 or float64, for a
+vocabulary of at least `MIN_VOCABULARY` words, it never builds the (tokens, V) logits;
+everywhere else (a smaller vocabulary, a GPU, autocast, torch.compile's tracing) it is
+exactly that line.
 
 Why: a word-level LM on the CPU spends about three quarters of its step in the output
 layer. Two things make the plain line slow there (benchmarks/RESULTS.md, "The LM output
@@ -45,6 +46,11 @@ ROWS_PER_THREAD = 512
 with 512 rows against 155-164 ms with 1,024; two threads 84-85 ms with 1,024 rows against
 87-92 ms with 512 (benchmarks/output_layer_products.py, RESULTS.md)."""
 
+MIN_VOCABULARY = 4096
+"""Below this many vocabulary rows the plain line runs: the layer with its loss, forward and
+backward (N 700, d 200), took the same time both ways at 4,096 words, 8-15% longer sliced
+at 1,000 and 3,000, 7-8% less at 6,000 (one and two threads; output_layer_products.py)."""
+
 SUM_RANGE = (1e-20, 1e38)
 """Sums of unshifted exponentials accepted per token; outside it the shifted forward runs."""
 
@@ -71,9 +77,11 @@ class VocabularyHead(nn.Linear):
 
 def _chunked(x: Tensor, weight: Tensor) -> bool:
     """Where the chunked computation runs: the CPU, in plain float32 or float64 (autocast
-    and torch.compile keep the plain line, whose dtypes and graph they manage)."""
+    and torch.compile keep the plain line, whose dtypes and graph they manage), for a
+    vocabulary of at least `MIN_VOCABULARY`."""
     return (
-        x.device.type == "cpu"
+        weight.size(0) >= MIN_VOCABULARY
+        and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
         and weight.dtype == x.dtype
         and not torch.is_autocast_enabled("cpu")
