@@ -1,14 +1,15 @@
-"""The LM output layer on the CPU: MKL's speed on its products, and what `VocabularyHead` buys.
+"""The LM output layer on the CPU: MKL's and oneDNN's speed on its products, and what `VocabularyHead` buys.
 
 Times, interleaved in one process (median of --rounds), for N = 700 tokens (batch 20 x
 bptt 35), d = 200 and V = 13,777 (WikiText-2's training vocabulary):
 
-- a square 2,048 product, the machine's reference rate;
+- a square 2,048 product, the machine's reference rate, by torch.mm (MKL) and by oneDNN;
 - the logits as `F.linear` computes them, (N, d) x (d, V), and the same product as
-  `VocabularyHead` computes it, transposed in slices of `slice_rows()` vocabulary rows;
+  `VocabularyHead` computes it, transposed in slices of `slice_rows()` vocabulary rows,
+  with oneDNN (as it runs) and with torch.mm (oneDNN switched off);
 - the two backward products, dW = G^T x and dx = G W;
 - the whole layer with its loss, forward and backward: logits then `F.cross_entropy`,
-  against `VocabularyHead.summed_cross_entropy`.
+  against `VocabularyHead.summed_cross_entropy`, with and without oneDNN.
 
     python benchmarks/output_layer_products.py [--threads 2] [--rounds 9] [--vocab 13777] [--rows-per-thread 512]
 """
@@ -46,12 +47,20 @@ def main() -> None:
     x, targets = torch.randn(TOKENS, WIDTH), torch.randint(0, vocab, (TOKENS,))
     grad_logits = torch.randn(TOKENS, vocab)
     square = torch.randn(2048, 2048)
-    transposed = torch.empty(vocab, TOKENS)
     weight, bias = head.weight.detach(), head.bias.detach()
+
+    def without_onednn(run):
+        def wrapped() -> None:
+            torch.backends.mkldnn.enabled = False
+            try:
+                run()
+            finally:
+                torch.backends.mkldnn.enabled = True
+        return wrapped
 
     def sliced_logits() -> None:  # VocabularyHead's products alone, without the exponentials
         for rows in vocabulary_head._slices(vocab):
-            vocabulary_head._logits_into(transposed[rows], rows, x.t(), weight, bias)
+            vocabulary_head._logits(rows, x, weight, bias)
 
     def layer_and_loss(scored_by_the_head: bool):
         def run() -> None:
@@ -66,13 +75,16 @@ def main() -> None:
 
     product = 2 * TOKENS * WIDTH * vocab
     cases = {
-        "square 2048 x 2048 x 2048": (lambda: square @ square, 2 * 2048 ** 3),
+        "square 2048 x 2048 x 2048, torch.mm": (lambda: square @ square, 2 * 2048 ** 3),
+        "square 2048 x 2048 x 2048, oneDNN": (lambda: vocabulary_head._times_transposed(square, square), 2 * 2048 ** 3),
         "logits, F.linear (N, d) x (d, V)": (lambda: F.linear(x, weight, bias), product),
-        f"logits, {vocabulary_head.slice_rows()}-row slices, transposed": (sliced_logits, product),
+        f"logits, {vocabulary_head.slice_rows()}-row slices, oneDNN": (sliced_logits, product),
+        f"logits, {vocabulary_head.slice_rows()}-row slices, torch.mm": (without_onednn(sliced_logits), product),
         "dW = G^T x": (lambda: grad_logits.t() @ x, product),
         "dx = G W": (lambda: grad_logits @ weight, product),
         "layer + loss, logits then F.cross_entropy": (layer_and_loss(False), 3 * product),
         "layer + loss, VocabularyHead": (layer_and_loss(True), 3 * product),
+        "layer + loss, VocabularyHead without oneDNN": (without_onednn(layer_and_loss(True)), 3 * product),
     }
     times: dict[str, list[float]] = {name: [] for name in cases}
     for name, (run, _) in cases.items():  # warm-up
@@ -85,7 +97,7 @@ def main() -> None:
     print(f"N {TOKENS}, d {WIDTH}, V {vocab:,}, {args.threads} threads, median of {args.rounds} interleaved rounds:")
     for name, (_, flop) in cases.items():
         seconds = statistics.median(times[name])
-        print(f"{name:44s} {seconds * 1000:7.1f} ms  {flop / seconds / 1e9:6.1f} GFLOP/s")
+        print(f"{name:48s} {seconds * 1000:7.1f} ms  {flop / seconds / 1e9:6.1f} GFLOP/s")
 
 
 if __name__ == "__main__":

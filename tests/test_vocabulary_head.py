@@ -52,9 +52,13 @@ def loss_and_grads(loss_fn, layer: VocabularyHead, x: torch.Tensor):
     return loss.detach(), torch.autograd.grad(loss, [x, *layer.parameters()])
 
 
+@pytest.mark.parametrize("onednn", [True, False], ids=["oneDNN products", "torch.mm products"])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("bias", [True, False])
-def test_summed_cross_entropy_equals_cross_entropy_on_the_logits_and_its_gradients(label_smoothing, bias):
+def test_summed_cross_entropy_equals_cross_entropy_on_the_logits_and_its_gradients(
+    label_smoothing, bias, onednn, monkeypatch
+):
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)
     vocab = 2 * vocabulary_head.slice_rows() + 37  # three slices, the last one short
     layer = head(vocab, bias)
     x, targets = torch.randn(3, 5, D), torch.randint(0, vocab, (3, 5))
@@ -63,6 +67,19 @@ def test_summed_cross_entropy_equals_cross_entropy_on_the_logits_and_its_gradien
     assert chunked[0].item() == pytest.approx(reference[0].item(), rel=1e-6)
     for ours, theirs in zip(chunked[1], reference[1]):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(vocabulary_head._ONEDNN_LINEAR is None, reason="this torch has no oneDNN linear")
+def test_float32_products_run_on_onednn_unless_it_is_switched_off(monkeypatch):
+    calls = []
+    monkeypatch.setattr(vocabulary_head, "_ONEDNN_LINEAR", lambda *args: calls.append(1) or torch.mm(args[0], args[1].t()))
+    layer = head(2 * vocabulary_head.slice_rows())
+    x, targets = torch.randn(4, D, requires_grad=True), torch.randint(0, layer.out_features, (4,))
+    layer.summed_cross_entropy(x, targets).backward()
+    assert len(calls) == 4  # two slices, forward and backward
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    layer.summed_cross_entropy(x, targets).backward()
+    assert len(calls) == 4
 
 
 def test_gradients_pass_gradcheck_in_float64_across_slices(monkeypatch):

@@ -17,14 +17,17 @@ layer. Two things make the plain line slow there (benchmarks/RESULTS.md, "The LM
 layer on the CPU"):
 
 - MKL runs the (N, d) x (d, V) product of a large vocabulary at 50-65% of the speed of
-  its square products on this CPU (AMD, AVX2); the same product cut into slices
+  its square products on this CPU (AMD Zen 4); the same product cut into slices
   of vocabulary rows (`slice_rows`), (rows, d) x (d, N) each, runs near its full speed.
+  MKL does not use AVX-512 on an AMD CPU and oneDNN does: the slices' two products that
+  oneDNN takes as they are laid out run on it (`_times_transposed`), 15-25% faster.
 - log-softmax and its backward are three passes over the logits, and the logits, the
   log-probabilities and their gradient are three (N, V) tensors.
 
 So the logits are computed transposed, (V, N), one slice at a time, and each slice is
-exponentiated while it is in cache: one (V, N) buffer of exp(logits) replaces all three,
-and the backward is three matrix products per slice with no element-wise pass over it.
+exponentiated while it is in cache: one (rows, N) block of exp(logits) per slice replaces
+all three, and the backward is two matrix products per slice (the bias's gradient rides
+on the weight's) with no element-wise pass over it.
 The exponentials are taken without first subtracting each token's largest logit, which
 saves a pass; exp in floating point is exact relative to its own size, so this is as
 accurate as long as no sum of exponentials overflows or all but vanishes. When a token's
@@ -44,12 +47,15 @@ ROWS_PER_THREAD = 512
 """Vocabulary rows per slice and torch thread. For the WikiText-2 LSTM's layer (N 700, d
 200, V 13,777) with its loss, forward and backward, on this CPU: one thread 144-149 ms
 with 512 rows against 155-164 ms with 1,024; two threads 84-85 ms with 1,024 rows against
-87-92 ms with 512 (benchmarks/output_layer_products.py, RESULTS.md)."""
+87-92 ms with 512 (benchmarks/output_layer_products.py, RESULTS.md; measured on MKL's
+products, and no size was clearly better on oneDNN's)."""
 
 MIN_VOCABULARY = 4096
 """Below this many vocabulary rows the plain line runs: the layer with its loss, forward and
-backward (N 700, d 200), took the same time both ways at 4,096 words, 8-15% longer sliced
-at 1,000 and 3,000, 7-8% less at 6,000 (one and two threads; output_layer_products.py)."""
+backward (N 700, d 200), on MKL took the same time both ways at 4,096 words, 8-15% longer
+sliced at 1,000 and 3,000, 7-8% less at 6,000 (one and two threads;
+output_layer_products.py). With oneDNN's products it is 7-17% less at 4,096 and within 5%
+either way at 2,000 and 3,000."""
 
 SUM_RANGE = (1e-20, 1e38)
 """Sums of unshifted exponentials accepted per token; outside it the shifted forward runs."""
@@ -94,34 +100,49 @@ def _slices(size: int) -> list[slice]:
     return [slice(start, min(start + rows, size)) for start in range(0, size, rows)]
 
 
-def _logits_into(out: Tensor, rows: slice, x_t: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """The logits of vocabulary rows `rows` for every token, (rows, N), written into `out`."""
-    if bias is None:
-        return torch.mm(weight[rows], x_t, out=out)
-    return torch.addmm(bias[rows, None], weight[rows], x_t, out=out)
+_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+"""oneDNN's fully connected layer on plain tensors, y = a b^T (torch registers it where it
+is built with oneDNN, for torch.compile's CPU kernels)."""
 
 
-def _exponentials(x: Tensor, weight: Tensor, bias: Tensor | None, shift: Tensor | None) -> tuple[Tensor, Tensor]:
-    """exp(logits - shift) as (V, N), and its sum over the vocabulary per token (N,)."""
-    exps = x.new_empty(weight.size(0), x.size(0))
-    sums = x.new_zeros(x.size(0))
-    x_t = x.t()
+def _times_transposed(a: Tensor, b: Tensor) -> Tensor:
+    """a b^T, (m, n), for row-major a (m, k) and b (n, k).
+
+    In float32, oneDNN's kernel where torch has it (RESULTS.md, "oneDNN for the output
+    layer's products"); elsewhere (float64, a torch without oneDNN, or oneDNN switched off
+    with `torch.backends.mkldnn.enabled = False`) torch.mm. The grad_x product, a sum over
+    slices of block^T W_rows, stays on torch.mm: oneDNN was no faster on it, and slow
+    with its input transposed."""
+    if a.dtype == torch.float32 and _ONEDNN_LINEAR is not None and torch.backends.mkldnn.is_available() \
+            and torch._C._get_mkldnn_enabled():
+        return _ONEDNN_LINEAR(a, b, None, "none", [], "")
+    return torch.mm(a, b.t())
+
+
+def _logits(rows: slice, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """The logits of vocabulary rows `rows` for every token, (rows, N)."""
+    block = _times_transposed(weight[rows], x)
+    return block if bias is None else block.add_(bias[rows, None])
+
+
+def _exponentials(x: Tensor, weight: Tensor, bias: Tensor | None, shift: Tensor | None) -> tuple[list[Tensor], Tensor]:
+    """exp(logits - shift) as (rows, N) blocks, one per slice, and its sum over the
+    vocabulary per token (N,)."""
+    blocks, sums = [], x.new_zeros(x.size(0))
     for rows in _slices(weight.size(0)):
-        block = _logits_into(exps[rows], rows, x_t, weight, bias)
+        block = _logits(rows, x, weight, bias)
         if shift is not None:
             block.sub_(shift)
         sums.add_(block.exp_().sum(0))
-    return exps, sums
+        blocks.append(block)
+    return blocks, sums
 
 
 def _largest_logits(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """Each token's largest logit (N,), one slice at a time."""
     largest = x.new_full((x.size(0),), -torch.inf)
-    block = x.new_empty(min(slice_rows(), weight.size(0)), x.size(0))
-    x_t = x.t()
     for rows in _slices(weight.size(0)):
-        logits = _logits_into(block[: rows.stop - rows.start], rows, x_t, weight, bias)
-        largest = torch.maximum(largest, logits.amax(0))  # NaN stays NaN
+        largest = torch.maximum(largest, _logits(rows, x, weight, bias).amax(0))  # NaN stays NaN
     return largest
 
 
@@ -132,6 +153,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, targets, label_smoothing):
+        x, weight = x.contiguous(), weight.contiguous()
         exps, sums = _exponentials(x, weight, bias, None)
         shift = None
         low, high = SUM_RANGE
@@ -148,25 +170,28 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             if bias is not None:
                 mean_logits = mean_logits + bias.mean()
             losses = losses - label_smoothing * mean_logits
-        ctx.save_for_backward(x, weight, exps, sums, targets)
+        ctx.save_for_backward(x, weight, sums, targets, *exps)
         ctx.label_smoothing, ctx.has_bias = label_smoothing, bias is not None
         return losses.sum()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, weight, exps, sums, targets = ctx.saved_tensors
-        eps, n_tokens, vocab = ctx.label_smoothing, x.size(0), weight.size(0)
+        x, weight, sums, targets, *exps = ctx.saved_tensors
+        eps, n_tokens, vocab, width = ctx.label_smoothing, x.size(0), weight.size(0), x.size(1)
         scale = grad / sums  # (N,): softmax = exps * (1 / sums), times the incoming gradient
-        scaled_x = x * scale[:, None]
+        # grad_weight's rows are exps-block x scaled_x; with a bias, scale as one more column
+        # of scaled_x gives grad_bias from the same product.
+        columns = [(x * scale[:, None]).t()] + ([scale[None]] if ctx.has_bias else [])
+        scaled_x_t = torch.cat(columns)  # (d or d + 1, N)
         grad_weight = torch.empty_like(weight)
         grad_bias = weight.new_empty(vocab) if ctx.has_bias else None
         summed = torch.zeros_like(x)  # sum_v exps[v, n] W_v
-        for rows in _slices(vocab):
-            block = exps[rows]
-            torch.mm(block, scaled_x, out=grad_weight[rows])
+        for rows, block in zip(_slices(vocab), exps):
+            both = _times_transposed(block, scaled_x_t)
+            grad_weight[rows] = both[:, :width]
             if grad_bias is not None:
-                torch.mv(block, scale, out=grad_bias[rows])
+                grad_bias[rows] = both[:, width]
             summed.addmm_(block.t(), weight[rows])
         grad_x = summed.mul_(scale[:, None])
         # The targets' share, -(1 - eps) grad at each (t_n, n), and the smoothing's -eps grad / V everywhere.
