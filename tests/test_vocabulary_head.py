@@ -82,6 +82,19 @@ def test_float32_products_run_on_onednn_unless_it_is_switched_off(monkeypatch):
     assert len(calls) == 4
 
 
+def test_backward_follows_the_forwards_slices_when_the_thread_count_changes_between(monkeypatch):
+    layer = head(11)
+    x, targets = torch.randn(6, D), torch.randint(0, 11, (6,))
+    monkeypatch.setattr(vocabulary_head, "slice_rows", lambda: 4)
+    inputs = x.clone().requires_grad_()
+    loss = layer.summed_cross_entropy(inputs, targets)
+    monkeypatch.setattr(vocabulary_head, "slice_rows", lambda: 3)  # as if torch.set_num_threads ran
+    ours = torch.autograd.grad(loss, [inputs, *layer.parameters()])
+    reference = loss_and_grads(lambda x: plain(layer, x, targets), layer, x)[1]
+    for got, expected in zip(ours, reference):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_gradients_pass_gradcheck_in_float64_across_slices(monkeypatch):
     monkeypatch.setattr(vocabulary_head, "slice_rows", lambda: 4)
     layer = head(11).double()

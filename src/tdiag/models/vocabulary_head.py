@@ -16,11 +16,13 @@ Why: a word-level LM on the CPU spends about three quarters of its step in the o
 layer. Two things make the plain line slow there (benchmarks/RESULTS.md, "The LM output
 layer on the CPU"):
 
-- MKL runs the (N, d) x (d, V) product of a large vocabulary at 50-65% of the speed of
-  its square products on this CPU (AMD Zen 4); the same product cut into slices
-  of vocabulary rows (`slice_rows`), (rows, d) x (d, N) each, runs near its full speed.
-  MKL does not use AVX-512 on an AMD CPU and oneDNN does: the slices' two products that
-  oneDNN takes as they are laid out run on it (`_times_transposed`), 15-25% faster.
+- MKL runs the (N, d) x (d, V) product of an odd vocabulary (WikiText-2's 13,777 words:
+  rows that are not 32-byte aligned) at 40-65% of the speed of its square products on
+  this CPU (AMD Zen 4), and of a multiple of 8 words at 60-80%; the same product cut
+  into slices of vocabulary rows (`slice_rows`), (rows, d) x (d, N) each, runs near its
+  full speed. MKL does not use AVX-512 on an AMD CPU and oneDNN does: the slices' two
+  products that oneDNN takes as they are laid out run on it (`_times_transposed`), the
+  logits 13-15% faster than on MKL and the whole layer 11-12%.
 - log-softmax and its backward are three passes over the logits, and the logits, the
   log-probabilities and their gradient are three (N, V) tensors.
 
@@ -114,7 +116,7 @@ def _times_transposed(a: Tensor, b: Tensor) -> Tensor:
     slices of block^T W_rows, stays on torch.mm: oneDNN was no faster on it, and slow
     with its input transposed."""
     if a.dtype == torch.float32 and _ONEDNN_LINEAR is not None and torch.backends.mkldnn.is_available() \
-            and torch._C._get_mkldnn_enabled():
+            and torch.backends.mkldnn.enabled:
         return _ONEDNN_LINEAR(a, b, None, "none", [], "")
     return torch.mm(a, b.t())
 
@@ -187,7 +189,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_weight = torch.empty_like(weight)
         grad_bias = weight.new_empty(vocab) if ctx.has_bias else None
         summed = torch.zeros_like(x)  # sum_v exps[v, n] W_v
-        for rows, block in zip(_slices(vocab), exps):
+        start = 0
+        for block in exps:  # the forward's slices, whatever the thread count is now
+            rows, start = slice(start, start + block.size(0)), start + block.size(0)
             both = _times_transposed(block, scaled_x_t)
             grad_weight[rows] = both[:, :width]
             if grad_bias is not None:
