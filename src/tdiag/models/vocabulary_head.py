@@ -21,8 +21,9 @@ layer on the CPU"):
   this CPU (AMD Zen 4), and of a multiple of 8 words at 60-80%; the same product cut
   into slices of vocabulary rows (`slice_rows`), (rows, d) x (d, N) each, runs near its
   full speed. MKL does not use AVX-512 on an AMD CPU and oneDNN does: the slices' two
-  products that oneDNN takes as they are laid out run on it (`_times_transposed`), the
-  logits 13-15% faster than on MKL and the whole layer 11-12%.
+  products that oneDNN takes as they are laid out run on it (`_times_transposed`): at
+  200 wide the logits 13-15% faster than on MKL and the whole layer 11-12%; at 64 wide,
+  where the products are cheap, no faster.
 - log-softmax and its backward are three passes over the logits, and the logits, the
   log-probabilities and their gradient are three (N, V) tensors.
 
