@@ -18,7 +18,7 @@ layer on the CPU"):
 
 - MKL runs the (N, d) x (d, V) product of an odd vocabulary (WikiText-2's 13,777 words:
   rows that are not 32-byte aligned) at 40-65% of the speed of its square products on
-  this CPU (AMD Zen 4), and of a multiple of 8 words at 60-80%; the same product cut
+  this CPU (AMD Zen 4), and of a multiple of 8 words at 55-80%; the same product cut
   into slices of vocabulary rows (`slice_rows`), (rows, d) x (d, N) each, runs near its
   full speed. MKL does not use AVX-512 on an AMD CPU and oneDNN does: the slices' two
   products that oneDNN takes as they are laid out run on it (`_times_transposed`): at
@@ -51,7 +51,8 @@ ROWS_PER_THREAD = 512
 200, V 13,777) with its loss, forward and backward, on this CPU: one thread 144-149 ms
 with 512 rows against 155-164 ms with 1,024; two threads 84-85 ms with 1,024 rows against
 87-92 ms with 512 (benchmarks/output_layer_products.py, RESULTS.md; measured on MKL's
-products, and no size was clearly better on oneDNN's)."""
+products; on oneDNN's, separate-process runs put 1,024 ahead at two threads and 512 at
+one, within the machine's noise)."""
 
 MIN_VOCABULARY = 4096
 """Below this many vocabulary rows the plain line runs: the layer with its loss, forward and
