@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tdiag.config import TrainConfig
+from tdiag.train.fused_optimizer import FusedOptimizer
 from tdiag.train.optim import build_optimizer, build_scheduler, lr_multiplier
 
 
@@ -16,14 +17,19 @@ def _params():
 
 
 @pytest.mark.parametrize(
-    "name, cls, momentum",
-    [("sgd", torch.optim.SGD, 0.0), ("momentum", torch.optim.SGD, 0.9), ("adam", torch.optim.Adam, None),
-     ("adamw", torch.optim.AdamW, None)],
+    "name, kind, cls, momentum",
+    [("sgd", "sgd", torch.optim.SGD, 0.0), ("momentum", "sgd", torch.optim.SGD, 0.9),
+     ("adam", "adam", torch.optim.Adam, None), ("adamw", "adamw", torch.optim.AdamW, None)],
 )
-def test_optimizer_names_build_the_right_class(name, cls, momentum):
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_optimizer_names_build_the_right_kind(name, kind, cls, momentum, device):
+    """Fused where torch has the kernels (CPU, CUDA); torch.optim's class elsewhere."""
     cfg = TrainConfig(optimizer=name, lr=0.02, weight_decay=0.01, betas=(0.8, 0.95), eps=1e-7)
-    opt = build_optimizer(_params(), cfg)
-    assert type(opt) is cls
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(3, device=device))], cfg)
+    if device == "cpu":
+        assert type(opt) is FusedOptimizer and opt.kind == kind
+    else:
+        assert type(opt) is cls and not opt.defaults["fused"]
     group = opt.param_groups[0]
     assert group["lr"] == 0.02 and group["weight_decay"] == 0.01
     if momentum is not None:

@@ -9,7 +9,9 @@ from dataclasses import replace
 import torch
 
 from tdiag.checks.core import CheckResult, Subject, result
+from tdiag.config import TrainConfig
 from tdiag.models.modes import evaluating
+from tdiag.train.optim import build_optimizer
 
 INITIAL_LOSS_TOLERANCE = 1.5
 """Nats the loss at initialisation may sit from ln(vocabulary). Logits of standard
@@ -99,7 +101,8 @@ def _train(subject: Subject, steps: int, training_mode: bool, stop_below: float 
     is below `stop_below`."""
     model = subject.build(torch.float32)
     model.train(training_mode)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    # torch's Adam defaults, through the training loop's optimizer factory (fused, no torch._dynamo import)
+    optimizer = build_optimizer(model.parameters(), TrainConfig(optimizer="adam", lr=lr, betas=(0.9, 0.999), eps=1e-8))
     losses = []
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)

@@ -19,6 +19,7 @@ import math
 import torch
 
 from tdiag.config import TrainConfig
+from tdiag.train.fused_optimizer import FusedOptimizer
 
 
 def decay_groups(params, weight_decay: float) -> list[dict]:
@@ -35,7 +36,7 @@ def decay_groups(params, weight_decay: float) -> list[dict]:
 
 
 FUSED_DEVICES = ("cpu", "cuda")
-"""Where torch's optimizers have a fused kernel: one call updates every parameter."""
+"""Where torch has fused optimizer kernels: one call updates every parameter."""
 
 
 def fused(params: list[torch.Tensor]) -> bool:
@@ -49,21 +50,25 @@ def fused(params: list[torch.Tensor]) -> bool:
     return bool(params) and all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in params)
 
 
-def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(params, cfg: TrainConfig):
+    """The run's optimizer: a `FusedOptimizer` (torch's fused kernels, without importing
+    torch._dynamo; train/fused_optimizer.py), or torch.optim's own class for parameters
+    the fused kernels do not take."""
     params = list(params)
-    kernel = {"fused": True} if fused(params) else {}
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kernel)
-    if cfg.optimizer == "momentum":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **kernel)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                                **kernel)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(
-            decay_groups(params, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **kernel
-        )
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+        groups = [{**g, "betas": cfg.betas, "eps": cfg.eps} for g in decay_groups(params, cfg.weight_decay)]
+    elif cfg.optimizer == "adam":
+        groups = [{"params": params, "betas": cfg.betas, "eps": cfg.eps, "weight_decay": cfg.weight_decay}]
+    elif cfg.optimizer in ("sgd", "momentum"):
+        momentum = cfg.momentum if cfg.optimizer == "momentum" else 0.0
+        groups = [{"params": params, "momentum": momentum, "weight_decay": cfg.weight_decay}]
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+    groups = [{**g, "lr": cfg.lr} for g in groups]
+    kind = "sgd" if cfg.optimizer == "momentum" else cfg.optimizer
+    if fused(params):
+        return FusedOptimizer(kind, groups)
+    return {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind](groups)
 
 
 def lr_multiplier(cfg: TrainConfig, step: int, d_model: int, total_steps: int | None = None) -> float:
@@ -83,11 +88,40 @@ def lr_multiplier(cfg: TrainConfig, step: int, d_model: int, total_steps: int | 
     raise ValueError(f"unknown schedule {cfg.schedule!r}")
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: TrainConfig, d_model: int, total_steps: int | None = None
-) -> torch.optim.lr_scheduler.LambdaLR:
-    # LambdaLR calls the lambda with the number of scheduler.step() calls so far (0 at
-    # construction); the +1 makes the first optimizer step use the step-1 rate.
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda done: lr_multiplier(cfg, done + 1, d_model, total_steps)
-    )
+class Schedule:
+    """Sets each parameter group's `lr` to its base rate x `lr_multiplier` of the next
+    optimizer step: call `step()` after each optimizer step.
+
+    torch's LambdaLR does the same, but it accepts only a torch.optim.Optimizer. The
+    state has LambdaLR's keys (`base_lrs`, `last_epoch`: scheduler steps taken), so a
+    checkpoint written with LambdaLR resumes here.
+    """
+
+    def __init__(self, optimizer, cfg: TrainConfig, d_model: int, total_steps: int | None = None):
+        self.optimizer = optimizer
+        self._multiplier = lambda step: lr_multiplier(cfg, step, d_model, total_steps)
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.last_epoch = 0
+        self._apply()
+
+    def step(self) -> None:
+        self.last_epoch += 1
+        self._apply()
+
+    def _apply(self) -> None:
+        multiplier = self._multiplier(self.last_epoch + 1)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * multiplier
+
+    def state_dict(self) -> dict:
+        return {"base_lrs": list(self.base_lrs), "last_epoch": self.last_epoch}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.base_lrs = [float(lr) for lr in saved["base_lrs"]]
+        self.last_epoch = int(saved["last_epoch"])
+        self._apply()
+
+
+def build_scheduler(optimizer, cfg: TrainConfig, d_model: int, total_steps: int | None = None) -> Schedule:
+    """The run's learning-rate schedule over `optimizer` (the first step's rate is set at once)."""
+    return Schedule(optimizer, cfg, d_model, total_steps)
