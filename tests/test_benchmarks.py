@@ -42,3 +42,39 @@ def test_published_peak_matches_the_most_specific_device_name():
     assert lm_throughput.published_peak("NVIDIA H100 PCIe", "fp32") == 51.0
     assert lm_throughput.published_peak("NVIDIA H100 80GB HBM3", "tf32") == 494.5
     assert lm_throughput.published_peak("Tesla T4", "bf16") is None
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SNAKEMAKE_LOG = """\
+[Wed Dec  2 21:48:32 2026]
+localrule data_fetch_wmt14:
+    output: resources/wmt14/source.json
+    jobid: 55
+    resources: tmpdir=/tmp, gpu=0
+Shell command: /work/venv/bin/python3 -m tdiag data fetch wmt14
+
+[Wed Dec  2 21:48:32 2026]
+rule train_lm_01_lstm_1l_adam:
+    input: results/data/wikitext2/train.txt
+    jobid: 9
+Select jobs to execute...
+[Wed Dec  2 21:48:35 2026]
+Finished jobid: 55 (Rule: data_fetch_wmt14)
+1 of 134 steps (1%) done
+[Wed Dec  2 21:49:02 2026]
+Finished jobid: 9 (Rule: train_lm_01_lstm_1l_adam)
+"""
+
+
+def test_smoke_job_times_reads_each_job_from_its_start_to_its_finish(tmp_path):
+    log = tmp_path / "run.log"
+    log.write_text(SNAKEMAKE_LOG)
+    times = _load("smoke_job_times")
+    assert times.job_seconds(log) == {"data_fetch_wmt14": 3.0, "train_lm_01_lstm_1l_adam": 30.0}
+    assert times.kind("train_lm_01_lstm_1l_adam") == "train_lm" and times.kind("data_fetch_wmt14") == "data"
