@@ -156,6 +156,24 @@ def test_grad_scaler_skips_a_step_with_an_inf_gradient_inside_the_kernel(name):
         assert steps and all(s == 2.0 for s in steps)
 
 
+def test_grad_scaler_steps_without_reading_a_value_back(monkeypatch):
+    """GradScaler hands the inf flag to the kernel instead of `.item()` on it (a host
+    synchronisation each step on a GPU), as with torch's fused optimizers."""
+    model = _model()
+    optimizer = build_optimizer(model.parameters(), CONFIGS["adam"])
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(model(torch.arange(6).view(1, 6)).pow(2).mean()).backward()
+    scaler.unscale_(optimizer)
+
+    def no_item(self):
+        raise AssertionError("a tensor was read back during the step")
+
+    monkeypatch.setattr(torch.Tensor, "item", no_item)
+    scaler.step(optimizer)
+    monkeypatch.undo()
+    assert all(float(s["step"]) == 1.0 for s in optimizer.state.values())
+
+
 def test_the_schedule_resumes_from_a_lambda_lr_state():
     cfg = TrainConfig(schedule="cosine", warmup_steps=3, max_steps=20, lr=0.1)
     model = _model()
