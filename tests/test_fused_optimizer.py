@@ -130,10 +130,12 @@ def test_a_state_of_another_group_layout_is_refused():
         adamw.load_state_dict(adam.state_dict())
 
 
+@pytest.mark.parametrize("unscale_first", [True, False], ids=["unscaled-by-the-loop", "scaled"])
 @pytest.mark.parametrize("name", ["momentum", "adam"])
-def test_grad_scaler_skips_a_step_with_an_inf_gradient_inside_the_kernel(name):
+def test_grad_scaler_skips_a_step_with_an_inf_gradient_inside_the_kernel(name, unscale_first):
     """As torch's fused optimizers: the update and Adam's step count are left for an inf
-    gradient, and a finite one is unscaled and applied the same way."""
+    gradient, and a finite one is unscaled and applied the same way, whether the gradients
+    were unscaled before the step (the loop does, to clip) or the kernel unscales them."""
     cfg = CONFIGS[name]
     results = []
     for make in (build_optimizer, _torch_optimizer):
@@ -144,7 +146,8 @@ def test_grad_scaler_skips_a_step_with_an_inf_gradient_inside_the_kernel(name):
             tokens = torch.arange(24).remainder(11).view(4, 6)
             loss = model(tokens).float().pow(2).mean()
             scaler.scale(loss * (float("inf") if poison else 1.0)).backward()
-            scaler.unscale_(optimizer)
+            if unscale_first:
+                scaler.unscale_(optimizer)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -211,3 +214,27 @@ def test_building_stepping_and_saving_does_not_import_torch_dynamo():
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_on_cuda_a_scaled_fp16_step_is_bitwise_torch_fused_step(name):
+    """The kernels' CUDA side, with GradScaler handing over its scale and inf flag (one
+    step of three has an inf gradient)."""
+    cfg = CONFIGS[name]
+    results = []
+    for make in (build_optimizer, _torch_optimizer):
+        model = _model().cuda()
+        optimizer = make(model.parameters(), cfg)
+        scaler = torch.amp.GradScaler("cuda", init_scale=1024.0)
+        for step in range(3):
+            tokens = torch.arange(24, device="cuda").remainder(11).view(4, 6)
+            with torch.autocast("cuda", dtype=torch.float16):
+                loss = model(tokens).float().pow(2).mean()
+            scaler.scale(loss * (float("inf") if step == 1 else 1.0)).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        results.append(model)
+    _assert_same_parameters(*results)
