@@ -122,6 +122,15 @@ def test_own_state_dict_round_trips_through_a_weights_only_load(name):
     _assert_same_parameters(straight, resumed)
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_a_sparse_gradient_is_refused_in_one_line(name):
+    embedding = torch.nn.Embedding(10, 4, sparse=True)
+    embedding(torch.tensor([1, 2])).sum().backward()
+    optimizer = build_optimizer(embedding.parameters(), CONFIGS[name])
+    with pytest.raises(RuntimeError, match="takes dense gradients.*sparse=False"):
+        optimizer.step()
+
+
 def test_a_state_of_another_group_layout_is_refused():
     model = _model()
     adam = build_optimizer(model.parameters(), CONFIGS["adam"])  # one group

@@ -79,6 +79,9 @@ class FusedOptimizer:
         found_inf = getattr(self, "found_inf", None)
         for group in self.param_groups:
             with_grad = [p for p in group["params"] if p.grad is not None]
+            if any(p.grad.is_sparse for p in with_grad):
+                raise RuntimeError(f"the fused {self.kind} update takes dense gradients, and a parameter has a "
+                                   "sparse one (an nn.Embedding with sparse=True): build it with sparse=False")
             for (device, _), params in _by_device_and_dtype(with_grad).items():
                 scale = None if grad_scale is None else grad_scale.to(device)
                 inf = None if found_inf is None else found_inf.to(device)
