@@ -71,8 +71,8 @@ class MemoryMeter:
     covers all its steps.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
-                 earlier: Iterable[dict] = ()):
+    def __init__(self, model: nn.Module, optimizer, device: torch.device, earlier: Iterable[dict] = ()):
+        """`optimizer`: anything with torch.optim's `state` (a FusedOptimizer or a torch.optim class)."""
         self.device = device
         self.measure = CUDA_MEASURE if device.type == "cuda" else CPU_MEASURE
         self._optimizer = optimizer
