@@ -14,6 +14,7 @@ segments of the training split.
                                        [--corpus ../shared/data/wikitext-2-mini]
                                        [--precision fp32 [bf16 ...]] [--peak-tflops T]
                                        [--large auto|yes|no] [--profile]
+                                       [--head-products auto|onednn|mm]
 
 Prints one line per model and precision. Peak memory is the process's peak resident
 memory on CPU (it only grows, so the second model's figure includes the first's), or
@@ -63,7 +64,7 @@ from tdiag.config import LanguageModelTaskConfig, ModelConfig, TrainConfig
 from tdiag.config.schema import CompileMode
 from tdiag.data.language_model import prepare
 from tdiag.devices import peak_memory_bytes
-from tdiag.models import build_model
+from tdiag.models import build_model, vocabulary_head
 from tdiag.paths import prepared_dir
 from tdiag.train.language_model_workload import LanguageModelWorkload
 from tdiag.train.compiling import compiled
@@ -246,7 +247,12 @@ def main() -> None:
     parser.add_argument("--large-steps", type=int, default=20, help="timed steps of the GPU-sized GPT")
     parser.add_argument("--profile", action="store_true",
                         help="print torch.profiler's op table for the GPU-sized GPT at the last precision")
+    parser.add_argument("--head-products", choices=("auto", "onednn", "mm"), default="auto",
+                        help="the CPU output layer's slice products (VocabularyHead): on oneDNN, on torch.mm, "
+                             "or as this CPU chooses (auto: torch.mm on an Intel CPU, oneDNN elsewhere)")
     args = parser.parse_args()
+    if args.head_products != "auto":
+        vocabulary_head.ONEDNN_PRODUCTS = args.head_products == "onednn"
     torch.set_num_threads(args.threads)
     if not args.glibc_default:
         devices.retain_freed_host_memory()  # as the training loop does on the CPU
@@ -266,7 +272,8 @@ def main() -> None:
         print(f"device {device}{gpu}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
               f"vocabulary {meta['vocab_size']:,}, reference batch 20 x bptt 35 = 700 tokens per step, "
               f"dropout {'as configured' if args.dropout is None else args.dropout}, clip {args.clip}, "
-              f"compile {args.compile}")
+              f"compile {args.compile}, output-layer products on "
+              f"{'oneDNN' if vocabulary_head.ONEDNN_PRODUCTS else 'torch.mm'}")
         failed = False
         for precision in args.precision:
             peak, source = peak_tflops(device, precision, args.peak_tflops)

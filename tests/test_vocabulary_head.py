@@ -58,7 +58,7 @@ def loss_and_grads(loss_fn, layer: VocabularyHead, x: torch.Tensor):
 def test_summed_cross_entropy_equals_cross_entropy_on_the_logits_and_its_gradients(
     label_smoothing, bias, onednn, monkeypatch
 ):
-    monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)
+    monkeypatch.setattr(vocabulary_head, "ONEDNN_PRODUCTS", onednn)
     vocab = 2 * vocabulary_head.slice_rows() + 37  # three slices, the last one short
     layer = head(vocab, bias)
     x, targets = torch.randn(3, 5, D), torch.randint(0, vocab, (3, 5))
@@ -70,9 +70,10 @@ def test_summed_cross_entropy_equals_cross_entropy_on_the_logits_and_its_gradien
 
 
 @pytest.mark.skipif(vocabulary_head._ONEDNN_LINEAR is None, reason="this torch has no oneDNN linear")
-def test_float32_products_run_on_onednn_unless_it_is_switched_off(monkeypatch):
+def test_float32_products_run_on_onednn_where_chosen_unless_it_is_switched_off(monkeypatch):
     calls = []
     monkeypatch.setattr(vocabulary_head, "_ONEDNN_LINEAR", lambda *args: calls.append(1) or torch.mm(args[0], args[1].t()))
+    monkeypatch.setattr(vocabulary_head, "ONEDNN_PRODUCTS", True)
     layer = head(2 * vocabulary_head.slice_rows())
     x, targets = torch.randn(4, D, requires_grad=True), torch.randint(0, layer.out_features, (4,))
     layer.summed_cross_entropy(x, targets).backward()
@@ -80,6 +81,18 @@ def test_float32_products_run_on_onednn_unless_it_is_switched_off(monkeypatch):
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
     layer.summed_cross_entropy(x, targets).backward()
     assert len(calls) == 4
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", True)
+    monkeypatch.setattr(vocabulary_head, "ONEDNN_PRODUCTS", False)  # an Intel CPU: MKL's AVX-512 kernels
+    layer.summed_cross_entropy(x, targets).backward()
+    assert len(calls) == 4
+
+
+def test_products_go_to_onednn_except_on_an_intel_cpu():
+    assert vocabulary_head.ONEDNN_PRODUCTS == (vocabulary_head.cpu_vendor() != "GenuineIntel")
+    if Path("/proc/cpuinfo").is_file():
+        vendors = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("vendor_id")]
+        assert vocabulary_head.cpu_vendor() == (vendors[0] if vendors else "")
 
 
 def test_backward_follows_the_forwards_slices_when_the_thread_count_changes_between(monkeypatch):

@@ -18,12 +18,12 @@ layer on the CPU"):
 
 - MKL runs the (N, d) x (d, V) product of an odd vocabulary (WikiText-2's 13,777 words:
   rows that are not 32-byte aligned) at 40-65% of the speed of its square products on
-  this CPU (AMD Zen 4), and of a multiple of 8 words at 55-80%; the same product cut
-  into slices of vocabulary rows (`slice_rows`), (rows, d) x (d, N) each, runs near its
-  full speed. MKL does not use AVX-512 on an AMD CPU and oneDNN does: the slices' two
-  products that oneDNN takes as they are laid out run on it (`_times_transposed`): at
-  200 wide the logits 13-15% faster than on MKL and the whole layer 11-12%; at 64 wide,
-  where the products are cheap, no faster.
+  an AMD Zen 4, and of a multiple of 8 words at 55-80%; the same product cut into slices
+  of vocabulary rows (`slice_rows`), (rows, d) x (d, N) each, runs near its full speed.
+  MKL does not use AVX-512 on an AMD CPU and oneDNN does: there the slices' two products
+  that oneDNN takes as they are laid out run on it (`ONEDNN_PRODUCTS`): at 200 wide the
+  logits 13-15% faster than on MKL and the whole layer 11-12%; at 64 wide no faster. On
+  an Intel Xeon with AVX-512 MKL is the faster of the two (`ONEDNN_PRODUCTS`).
 - log-softmax and its backward are three passes over the logits, and the logits, the
   log-probabilities and their gradient are three (N, V) tensors.
 
@@ -109,16 +109,39 @@ _ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 is built with oneDNN, for torch.compile's CPU kernels)."""
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor string (`GenuineIntel`, `AuthenticAMD`, ...) where Linux says it, else ""."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+ONEDNN_PRODUCTS = cpu_vendor() != "GenuineIntel"
+"""Whether the slices' float32 products go to oneDNN rather than torch.mm (MKL). MKL runs
+its AVX-512 kernels on Intel CPUs only. On an AMD Zen 4 oneDNN took the layer with its
+loss (N 700, d 200, two threads) 11-12% faster than MKL; on an Intel Xeon with AVX-512
+and AMX (Sapphire Rapids class) MKL took it 3% faster, and 12% at the smoke pipeline's
+shape (N 350, d 64, one thread), where oneDNN ran its logits at 88 against MKL's 128
+GFLOP/s (RESULTS.md, "The output layer on an Intel CPU"). Elsewhere (ARM, an unknown
+vendor) oneDNN, as before that measurement."""
+
+
 def _times_transposed(a: Tensor, b: Tensor) -> Tensor:
     """a b^T, (m, n), for row-major a (m, k) and b (n, k).
 
-    In float32, oneDNN's kernel where torch has it (RESULTS.md, "oneDNN for the output
-    layer's products"); elsewhere (float64, a torch without oneDNN, or oneDNN switched off
-    with `torch.backends.mkldnn.enabled = False`) torch.mm. The grad_x product, a sum over
+    In float32 on a CPU where oneDNN is the faster (`ONEDNN_PRODUCTS`), oneDNN's kernel
+    where torch has it (RESULTS.md, "oneDNN for the output layer's products"); elsewhere
+    (an Intel CPU, float64, a torch without oneDNN, or oneDNN switched off with
+    `torch.backends.mkldnn.enabled = False`) torch.mm. The grad_x product, a sum over
     slices of block^T W_rows, stays on torch.mm: oneDNN was no faster on it, and slow
     with its input transposed."""
-    if a.dtype == torch.float32 and _ONEDNN_LINEAR is not None and torch.backends.mkldnn.is_available() \
-            and torch.backends.mkldnn.enabled:
+    if ONEDNN_PRODUCTS and a.dtype == torch.float32 and _ONEDNN_LINEAR is not None \
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled:
         return _ONEDNN_LINEAR(a, b, None, "none", [], "")
     return torch.mm(a, b.t())
 
