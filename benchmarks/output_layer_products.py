@@ -33,7 +33,6 @@ from tdiag.models import vocabulary_head
 from tdiag.models.vocabulary_head import VocabularyHead
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tdiag import devices
 from tdiag.config import TrainConfig
 from tdiag.models import vocabulary_head
 from tdiag.models.vocabulary_head import VocabularyHead
@@ -88,11 +89,17 @@ def test_float32_products_run_on_onednn_where_chosen_unless_it_is_switched_off(m
 
 
 def test_products_go_to_onednn_except_on_an_intel_cpu():
-    assert vocabulary_head.ONEDNN_PRODUCTS == (vocabulary_head.cpu_vendor() != "GenuineIntel")
-    if Path("/proc/cpuinfo").is_file():
-        vendors = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("vendor_id")]
-        assert vocabulary_head.cpu_vendor() == (vendors[0] if vendors else "")
+    assert vocabulary_head.ONEDNN_PRODUCTS == (devices.cpu_vendor() != "GenuineIntel")
+
+
+def test_cpuinfo_fields_are_read_from_the_first_cpu(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon: the first\n\n"
+                       "processor\t: 1\nvendor_id\t: AuthenticAMD\n")
+    assert devices.cpuinfo_field("vendor_id", cpuinfo) == "GenuineIntel"
+    assert devices.cpuinfo_field("model name", cpuinfo) == "Xeon: the first"
+    assert devices.cpuinfo_field("flags", cpuinfo) == ""
+    assert devices.cpuinfo_field("vendor_id", tmp_path / "absent") == ""
 
 
 def test_backward_follows_the_forwards_slices_when_the_thread_count_changes_between(monkeypatch):

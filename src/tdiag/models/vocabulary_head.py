@@ -46,6 +46,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from tdiag import devices
+
 ROWS_PER_THREAD = 512
 """Vocabulary rows per slice and torch thread. For the WikiText-2 LSTM's layer (N 700, d
 200, V 13,777) with its loss, forward and backward, on this CPU: one thread 144-149 ms
@@ -109,26 +111,13 @@ _ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 is built with oneDNN, for torch.compile's CPU kernels)."""
 
 
-def cpu_vendor() -> str:
-    """The CPU's vendor string (`GenuineIntel`, `AuthenticAMD`, ...) where Linux says it, else ""."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-ONEDNN_PRODUCTS = cpu_vendor() != "GenuineIntel"
+ONEDNN_PRODUCTS = devices.cpu_vendor() != "GenuineIntel"
 """Whether the slices' float32 products go to oneDNN rather than torch.mm (MKL). MKL runs
 its AVX-512 kernels on Intel CPUs only. On an AMD Zen 4 oneDNN took the layer with its
-loss (N 700, d 200, two threads) 11-12% faster than MKL; on an Intel Xeon with AVX-512
-and AMX (Sapphire Rapids class) MKL took it 3% faster, and 12% at the smoke pipeline's
-shape (N 350, d 64, one thread), where oneDNN ran its logits at 88 against MKL's 128
-GFLOP/s (RESULTS.md, "The output layer on an Intel CPU"). Elsewhere (ARM, an unknown
-vendor) oneDNN, as before that measurement."""
+loss (N 700, d 200, two threads) 11-12% less time than MKL; on an Intel Xeon with AVX-512
+and AMX (Sapphire Rapids class) MKL took 11-14% less than oneDNN, there and at the smoke
+pipeline's shape (N 350, d 64, one thread) (RESULTS.md, "The output layer on an Intel
+CPU"). Elsewhere (ARM, an unknown vendor) oneDNN, as before that measurement."""
 
 
 def _times_transposed(a: Tensor, b: Tensor) -> Tensor:
